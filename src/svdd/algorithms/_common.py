@@ -1,0 +1,138 @@
+"""Shared plumbing for algorithms: counting denoiser evaluations (nfe, per batch element),
+safe/counted rewards, argument checks, chunked evaluation and result assembly."""
+
+from __future__ import annotations
+
+import time
+from typing import Callable, Optional
+
+import torch
+from torch import Tensor
+
+from ..rewards.base import Reward, as_reward
+from ..types import SampleResult, StepInfo
+from .registry import AlgorithmError
+
+
+class CountingProcess:
+    """Wraps a process; counts denoiser evaluations per batch element (``nfe``) and gradient
+    passes. ``transition(x0_hat=given)`` costs nothing; otherwise one evaluation per row."""
+
+    def __init__(self, process, max_batch_size: Optional[int] = None):
+        self.process = process
+        self.kind = process.kind
+        self.nfe = 0
+        self.grad_passes = 0
+        self.max_batch_size = max_batch_size
+
+    def __getattr__(self, name):  # timesteps, prior, alpha_bar, mask_prob, mask_id, ...
+        return getattr(self.process, name)
+
+    def predict_x0(self, x_t: Tensor, t) -> Tensor:
+        self.nfe += x_t.shape[0]
+        return chunked(lambda x: self.process.predict_x0(x, t), x_t, self.max_batch_size)
+
+    def transition(self, x_t: Tensor, t, t_next, x0_hat: Optional[Tensor] = None, **kw):
+        if x0_hat is None:
+            x0_hat = self.predict_x0(x_t, t)
+        return self.process.transition(x_t, t, t_next, x0_hat=x0_hat, **kw)
+
+
+def chunked(fn: Callable[[Tensor], Tensor], x: Tensor, max_batch_size: Optional[int]) -> Tensor:
+    """``fn(x)`` in slices of at most ``max_batch_size`` rows (so large M never runs out of memory)."""
+    if not max_batch_size or x.shape[0] <= max_batch_size:
+        return fn(x)
+    return torch.cat([fn(x[i:i + max_batch_size]) for i in range(0, x.shape[0], max_batch_size)])
+
+
+def check_common(process, num_samples: int, num_steps: int, *, spec_name: str, kinds=("gaussian", "masked")):
+    if process.kind not in kinds:
+        alt = "svdd-pm, best-of-n or smc" if process.kind == "masked" else "svdd-pm"
+        raise AlgorithmError(f"{spec_name} does not support {process.kind} processes; use {alt} instead")
+    if not isinstance(num_samples, int) or num_samples < 1:
+        raise AlgorithmError(f"num_samples must be a positive integer, got {num_samples!r}")
+    if not isinstance(num_steps, int) or num_steps < 1:
+        raise AlgorithmError(f"num_steps must be a positive integer, got {num_steps!r}")
+
+
+def check_positive_int(name: str, value) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise AlgorithmError(f"{name} must be an integer >= 1, got {value!r}")
+
+
+def check_alpha(alpha) -> float:
+    alpha = float(alpha)
+    if not alpha >= 0:
+        raise AlgorithmError(f"alpha must be >= 0 (0 = argmax), got {alpha!r}")
+    return alpha
+
+
+def wrap_reward(reward_fn) -> Reward:
+    r = as_reward(reward_fn)
+    r.reset_counters()
+    return r
+
+
+class Run:
+    """Book-keeping of one algorithm run: timer, counters, per-step arrays, callback."""
+
+    def __init__(self, process, reward_fn, *, max_batch_size=None, callback=None, value_fn=None):
+        self.process = CountingProcess(process, max_batch_size)
+        self.reward = wrap_reward(reward_fn)
+        self.value_fn = value_fn
+        self.value_calls = 0
+        self.callback = callback
+        self.per_step: dict[str, list] = {}
+        self.start = time.perf_counter()
+        self.grad_was_enabled = torch.is_grad_enabled()
+
+    def value(self, x: Tensor, t) -> Tensor:
+        self.value_calls += x.shape[0]
+        return self.value_fn(x, torch.as_tensor(t))
+
+    def record(self, **arrays) -> None:
+        for k, v in arrays.items():
+            self.per_step.setdefault(k, []).append(v.item() if isinstance(v, Tensor) and v.numel() == 1 else v)
+
+    def step_done(self, step: int, t, t_next, x, x0_hat, **info) -> None:
+        if self.callback is not None:
+            self.callback(StepInfo(step, torch.as_tensor(t), torch.as_tensor(t_next), x, x0_hat, info))
+
+    def result(self, x0: Tensor, rewards: Tensor, log_weights: Optional[Tensor] = None, **extra) -> SampleResult:
+        torch.set_grad_enabled(self.grad_was_enabled)
+        n = x0.shape[0]
+        info = {
+            "nfe": int(self.process.nfe),
+            "nfe_per_sample": self.process.nfe / max(n, 1),
+            "grad_passes": int(self.process.grad_passes),
+            "value_calls": int(self.value_calls),
+            "wall_time_s": time.perf_counter() - self.start,
+            **self.reward.counters(),
+            **{k: v for k, v in self.per_step.items()},
+            **extra,
+        }
+        return SampleResult(x0.detach(), rewards.detach().float(), log_weights, info)
+
+
+def select_children(values: Tensor, alpha: float, generator: Optional[torch.Generator]) -> Tensor:
+    """values (B, M) -> index (B,): argmax (first on ties) at alpha == 0, else a draw from
+    softmax(values / alpha) computed in log space (float64)."""
+    if alpha == 0:
+        return values.argmax(dim=1)
+    logits = values.double() / alpha
+    logits = torch.where(torch.isfinite(logits), logits, torch.full_like(logits, -1e300))
+    logp = logits - torch.logsumexp(logits, dim=1, keepdim=True)
+    probs = logp.exp().cpu()
+    return torch.multinomial(probs, 1, generator=_cpu_generator(generator)).squeeze(1).to(values.device)
+
+
+def _cpu_generator(generator: Optional[torch.Generator]) -> Optional[torch.Generator]:
+    if generator is None or generator.device.type == "cpu":
+        return generator
+    # derive a CPU generator deterministically from a device generator
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device).item())
+    return torch.Generator().manual_seed(seed)
+
+
+def is_final(t_next) -> bool:
+    return float(torch.as_tensor(t_next)) == 0.0

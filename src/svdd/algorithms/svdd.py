@@ -1,0 +1,132 @@
+"""SVDD: soft value-based decoding (Li, Uehara et al., arXiv 2408.08252, Algorithm 1).
+
+Notation (code → paper):
+  ``x``            x_t^⟨i⟩, one state per sample i (no interaction between samples)
+  ``children``     x_{t−1}^⟨i,m⟩ ~ p_pre(·|x_t^⟨i⟩), m = 1..M, M = ``num_candidates``
+  ``values``       v̂_{t−1}(x_{t−1}^⟨i,m⟩), PM: r(x̂0(x_{t−1})), MC: a fitted network
+  ``alpha``        α in p_α ∝ p_pre · exp(r/α); the kept child is argmax_m v̂ (α = 0) or a draw
+                   from softmax(v̂/α) — the self-normalised IS approximation of the soft-optimal
+                   kernel p*(x'|x_t) ∝ p_pre(x'|x_t) exp(v(x')/α)
+
+Cost (per sample, K steps): the M children of a parent share the parent's x0_hat, so drawing
+them costs nothing; a PM value needs x̂0 of each child at t_{next}, and that prediction *is*
+the next step's denoiser output for the kept child, so it is reused: nfe = 1 + (K − 1)·M
+(the first x̂0 on the prior, M per step except the last, whose children are clean and scored
+by the reward). The reference code pays K·(M + 1). On masked processes identical children
+(frequent early on) are evaluated once. SVDD-MC pays M value calls and one denoiser call
+(the kept child) per step.
+
+``svdd_loop(replace_fraction > 0)`` adds SVDD-R's global step (final paper, Algorithm 2): after
+the per-sample selection, the worst ``replace_fraction`` of the batch is replaced by copies
+of samples drawn ∝ exp(v̂/alpha_resample) from the rest.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from ..values.posterior_mean import PosteriorMeanValue
+from ._common import Run, check_alpha, check_common, check_positive_int, is_final, select_children
+from .registry import AlgorithmError, register
+
+
+def _unique_rows(x: Tensor, enabled: bool):
+    if not enabled:
+        return x, None
+    uniq, inverse = torch.unique(x.flatten(1), dim=0, return_inverse=True)
+    return uniq.view(-1, *x.shape[1:]), inverse
+
+
+def svdd_loop(process, reward_fn, *, num_samples, num_steps, num_candidates=8, alpha=0.0, value_fn=None,
+              generator=None, callback=None, max_batch_size=None, deduplicate=True,
+              replace_fraction=0.0, alpha_resample=None, method="svdd"):
+    check_common(process, num_samples, num_steps, spec_name=method)
+    check_positive_int("num_candidates", num_candidates)
+    alpha = check_alpha(alpha)
+    if not 0.0 <= replace_fraction < 1.0:
+        raise AlgorithmError(f"replace_fraction must be in [0, 1), got {replace_fraction!r}")
+    run = Run(process, reward_fn, max_batch_size=max_batch_size, callback=callback, value_fn=value_fn)
+    proc, N, M = run.process, num_samples, num_candidates
+    pm = value_fn is None or getattr(value_fn, "uses_x0_hat", False)
+    if value_fn is None:
+        value_fn = PosteriorMeanValue(proc, run.reward, alpha=alpha, generator=generator)
+    dedup = deduplicate and proc.kind == "masked"
+    n_replace = int(math.floor(replace_fraction * N))
+    alpha_r = alpha if alpha_resample is None else float(alpha_resample)
+    torch.set_grad_enabled(False)
+
+    ts = proc.timesteps(num_steps)
+    x = proc.prior(N, generator)
+    x0_hat = proc.predict_x0(x, ts[0])
+    chosen = torch.zeros(N)
+    for k in range(num_steps):
+        t, t_next = ts[k], ts[k + 1]
+        final = is_final(t_next)
+        # 1. M children per parent from the pretrained kernel (one shared x0_hat, no new call)
+        trans = proc.transition(x, t, t_next, x0_hat=x0_hat)
+        deterministic = proc.kind == "gaussian" and bool(torch.all(trans.std == 0))
+        m_eff = 1 if deterministic else M
+        children = torch.stack([trans.sample(generator) for _ in range(m_eff)], dim=1).flatten(0, 1)
+        # 2. soft value of each distinct child at t_next (PM: r(x0_hat); final: the reward)
+        uniq, inverse = _unique_rows(children, dedup)
+        x0_uniq = None
+        if final:
+            v_uniq = run.reward(uniq)
+            x0_uniq = uniq
+        elif pm:
+            x0_uniq = proc.predict_x0(uniq, t_next)
+            v_uniq = value_fn.from_x0_hat(uniq, x0_uniq, t_next)
+        else:
+            v_uniq = run.value(uniq, t_next)
+        values = (v_uniq[inverse] if inverse is not None else v_uniq).view(N, m_eff).float()
+        # 3. keep one child per sample: argmax (alpha = 0) or a softmax(v/alpha) draw
+        idx = select_children(values, alpha, generator) if m_eff > 1 else torch.zeros(N, dtype=torch.long, device=values.device)
+        flat = torch.arange(N, device=idx.device) * m_eff + idx
+        x = children[flat]
+        chosen = values[torch.arange(N, device=idx.device), idx]
+        if final:
+            x0_hat = x
+        elif x0_uniq is not None:   # reuse: the value's x0_hat is the next step's denoiser output
+            x0_hat = x0_uniq[inverse[flat]] if inverse is not None else x0_uniq[flat]
+        else:
+            x0_hat = proc.predict_x0(x, t_next)
+        # 4. SVDD-R: replace the worst fraction by copies of promising samples (not at the end)
+        if n_replace > 0 and not final:
+            order = torch.argsort(chosen)
+            worst, rest = order[:n_replace], order[n_replace:]
+            if alpha_r == 0:
+                src = rest.flip(0)[torch.arange(n_replace) % rest.numel()]
+            else:
+                pick = select_children(chosen[rest].view(1, -1).expand(n_replace, -1), alpha_r, generator)
+                src = rest[pick]
+            x, x0_hat, chosen = x.clone(), x0_hat.clone(), chosen.clone()
+            x[worst], x0_hat[worst], chosen[worst] = x[src], x0_hat[src], chosen[src]
+        run.record(value_mean=chosen.float().mean(), unique_children=(uniq.shape[0] / children.shape[0]))
+        run.step_done(k, t, t_next, x, x0_hat, values=values, selected=idx)
+    return run.result(x, chosen, None, num_candidates=M, alpha=alpha)
+
+
+@register("svdd-pm", budget_knob="num_candidates", defaults={"value_fn": None})
+def svdd(process, reward_fn, *, num_samples, num_steps, num_candidates=8, alpha=0.0, value_fn=None,
+         generator=None, callback=None, max_batch_size=None, deduplicate=True):
+    """SVDD: per sample, M pretrained children per step, keep one by soft value (value_fn=None: PM)."""
+    return svdd_loop(process, reward_fn, num_samples=num_samples, num_steps=num_steps,
+                     num_candidates=num_candidates, alpha=alpha, value_fn=value_fn, generator=generator,
+                     callback=callback, max_batch_size=max_batch_size, deduplicate=deduplicate,
+                     method="svdd-pm" if value_fn is None else "svdd-mc")
+
+
+@register("svdd-mc", budget_knob="num_candidates", needs_value=True)
+def svdd_mc(process, reward_fn, *, num_samples, num_steps, value_fn=None, num_candidates=8, alpha=0.0,
+            generator=None, callback=None, max_batch_size=None, deduplicate=True):
+    """SVDD-MC: SVDD with a learned value network (see svdd.values.fit_value)."""
+    if value_fn is None:
+        raise AlgorithmError("svdd-mc needs value_fn= (fit one with svdd.values.fit_value or `svdd fit-value`); "
+                             "or use svdd-pm, which needs no training")
+    return svdd(process, reward_fn, num_samples=num_samples, num_steps=num_steps, num_candidates=num_candidates,
+                alpha=alpha, value_fn=value_fn, generator=generator, callback=callback,
+                max_batch_size=max_batch_size, deduplicate=deduplicate)

@@ -1,0 +1,60 @@
+"""What a domain pack provides to the CLI and benchmarks.
+
+A domain only *wires* things: it loads a pretrained process, builds rewards by name, decodes
+samples to the domain's text form (SMILES, DNA), computes domain metrics and writes domain
+files (SDF, FASTA, PNG). Algorithms never import a domain.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from torch import Tensor
+
+
+class DomainError(ValueError):
+    """A user-facing domain problem (unknown model/reward, missing optional dependency)."""
+
+
+@dataclass
+class Domain:
+    name: str
+    description: str
+    # model name -> loader(device) -> DiffusionProcess
+    models: dict[str, Callable[..., Any]]
+    default_model: str
+    # reward name -> (factory(argument or None, **options) -> reward callable, one-line description)
+    rewards: dict[str, tuple[Callable[..., Any], str]]
+    default_reward: str
+    default_num_steps: int = 50
+    # x0 (B, ...) -> list of strings for samples.csv (SMILES, sequences, "" for images)
+    decode: Optional[Callable[[Tensor], list[str]]] = None
+    # (x0, decoded, process) -> {column: list} extra per-sample columns (e.g. validity)
+    sample_columns: Optional[Callable[..., dict[str, list]]] = None
+    # (x0, decoded, process) -> {metric: float} set-level metrics (diversity, validity, ...)
+    metrics: Optional[Callable[..., dict[str, Any]]] = None
+    # (out_dir: Path, x0, decoded, rewards, info) -> list of files written (SDF, FASTA, PNG)
+    write_files: Optional[Callable[..., list[Path]]] = None
+    extra: dict = field(default_factory=dict)  # the pyproject extra that installs its dependencies
+
+    def load_process(self, model: Optional[str] = None, device: str = "cpu", **options):
+        name = model or self.default_model
+        if name not in self.models:
+            raise DomainError(f"unknown model {name!r} for domain {self.name!r}; choose one of "
+                              f"{sorted(self.models)} (see `svdd list models`)")
+        return self.models[name](device=device, **options)
+
+    def make_reward(self, spec: Optional[str] = None, **options):
+        """Build a reward from ``"name"``, ``"name:arg"`` or a weighted sum ``"a+0.5*b:arg"``."""
+        from ..rewards.base import parse_reward_spec
+
+        def factory(term: str):
+            name, _, arg = term.partition(":")
+            if name not in self.rewards:
+                raise DomainError(f"unknown reward {term!r} for domain {self.name!r}; choose one of "
+                                  f"{sorted(self.rewards)} (see `svdd list rewards`)")
+            return self.rewards[name][0](arg or None, **options)
+
+        return parse_reward_spec(spec or self.default_reward, factory)

@@ -1,0 +1,161 @@
+"""Masked (absorbing-state) diffusion, MDLM "SUBS" parameterisation.
+
+Forward: each clean token is independently replaced by ``mask_id`` with probability ``m(t)``.
+Reverse from ``t`` to ``s < t`` (m_t > m_s), for a masked position with clean-token
+probabilities ``p = x0_hat``::
+
+    q(x_s = k | x_t) = p_k · (m_t − m_s) / m_t      (k a real token)
+    q(x_s = MASK | x_t) = m_s / m_t
+
+which sums to 1 (MDLM drops the ``/ m_t``; we keep it so ``log_prob`` is normalised). Unmasked
+positions are carried over unchanged (one-hot rows), and the mask token gets probability 0
+in ``x0_hat``. At ``s = 0`` every remaining mask is filled. Draws are made in float64.
+
+The NELBO of a clean sequence (continuous time, Sahoo et al. 2024 eq. 10) is
+``∫_0^1 m'(t)/m(t) · E_q[Σ_{l masked} −log p_θ(x0_l | x_t)] dt``; ``nelbo`` estimates it by
+Monte Carlo over ``t`` and the mask pattern.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .schedules import MaskSchedule, get_mask_schedule
+
+
+def _rand(shape, generator, device, dtype=torch.float64):
+    return torch.rand(shape, generator=generator, device=device, dtype=dtype)
+
+
+def sample_categorical(probs: Tensor, generator: Optional[torch.Generator] = None) -> Tensor:
+    """One draw per row of ``probs (..., V)`` in float64 (exponential race: argmax p / E)."""
+    p = probs.to(torch.float64)
+    e = -torch.log(_rand(p.shape, generator, p.device).clamp_min(1e-300))
+    return (p / e).argmax(dim=-1)
+
+
+class CategoricalTransition:
+    """Product of per-position categoricals ``probs (B, L, V)`` (rows sum to 1)."""
+
+    def __init__(self, probs: Tensor, x0_hat: Tensor):
+        self.probs = probs
+        self.x0_hat = x0_hat
+
+    def sample(self, generator: Optional[torch.Generator] = None, noise: Optional[Tensor] = None) -> Tensor:
+        if noise is not None:
+            # noise = uniform(0,1) draws of shape (B, L, V): a deterministic exponential race
+            e = -torch.log(noise.to(torch.float64).clamp_min(1e-300))
+            return (self.probs.to(torch.float64) / e).argmax(dim=-1)
+        return sample_categorical(self.probs, generator)
+
+    def log_prob(self, x_next: Tensor) -> Tensor:
+        p = self.probs.gather(-1, x_next.long().unsqueeze(-1)).squeeze(-1)
+        return torch.log(p.to(torch.float64)).sum(dim=-1)
+
+
+class MaskedProcess:
+    """Absorbing-state diffusion over ``seq_len`` tokens of a vocabulary of ``vocab_size``
+    (mask included). ``model(x (B, L) long, t (B,) float) -> logits (B, L, V)``."""
+
+    kind = "masked"
+
+    def __init__(self, model: Callable[[Tensor, Tensor], Tensor], seq_len: int, vocab_size: int,
+                 mask_id: int, schedule: str | MaskSchedule = "loglinear", device=None):
+        if not 0 <= mask_id < vocab_size:
+            raise ValueError(f"mask_id {mask_id} must lie in [0, vocab_size={vocab_size})")
+        self.model = model
+        self.seq_len = int(seq_len)
+        self.vocab_size = int(vocab_size)
+        self.mask_id = int(mask_id)
+        self.schedule = get_mask_schedule(schedule)
+        if device is None:
+            params = getattr(model, "parameters", None)
+            try:
+                device = next(params()).device if params is not None else torch.device("cpu")
+            except StopIteration:
+                device = torch.device("cpu")
+        self.device = torch.device(device)
+
+    # -- time ---------------------------------------------------------------------------------
+    def timesteps(self, num_steps: int) -> Tensor:
+        if num_steps < 1:
+            raise ValueError("num_steps must be >= 1")
+        return torch.linspace(1.0, 0.0, num_steps + 1, dtype=torch.float64, device=self.device)
+
+    def mask_prob(self, t: Tensor | float) -> Tensor:
+        return self.schedule.mask_prob(torch.as_tensor(t, dtype=torch.float64))
+
+    # -- sampling -----------------------------------------------------------------------------
+    def prior(self, num_samples: int, generator: Optional[torch.Generator] = None) -> Tensor:
+        return torch.full((num_samples, self.seq_len), self.mask_id, dtype=torch.long, device=self.device)
+
+    def _batch_t(self, t: Tensor | float, batch: int) -> Tensor:
+        t = torch.as_tensor(t, dtype=torch.float32, device=self.device)
+        return t.expand(batch) if t.dim() == 0 else t.to(torch.float32)
+
+    def x0_probs_from_logits(self, logits: Tensor, x_t: Tensor) -> Tensor:
+        """SUBS: forbid the mask token, softmax, carry unmasked tokens over as one-hot rows."""
+        logits = logits.to(torch.float32).clone()
+        logits[..., self.mask_id] = float("-inf")
+        probs = torch.softmax(logits, dim=-1)
+        unmasked = (x_t != self.mask_id).unsqueeze(-1)
+        one_hot = F.one_hot(x_t, self.vocab_size).to(probs.dtype)
+        return torch.where(unmasked, one_hot, probs)
+
+    def predict_x0(self, x_t: Tensor, t: Tensor | float) -> Tensor:
+        logits = self.model(x_t, self._batch_t(t, x_t.shape[0]))
+        logits = getattr(logits, "logits", logits)
+        return self.x0_probs_from_logits(logits, x_t)
+
+    def transition(self, x_t: Tensor, t: Tensor | float, t_next: Tensor | float,
+                   x0_hat: Optional[Tensor] = None) -> CategoricalTransition:
+        if x0_hat is None:
+            x0_hat = self.predict_x0(x_t, t)
+        m_t = self.mask_prob(t).to(x0_hat.device)
+        m_s = self.mask_prob(t_next).to(x0_hat.device)
+        if m_t.dim() == 0:
+            m_t, m_s = m_t.expand(x_t.shape[0]), m_s.expand(x_t.shape[0])
+        if torch.any(m_s > m_t):
+            raise ValueError("t_next must not be noisier than t")
+        m_t = m_t.clamp_min(1e-12).view(-1, 1, 1)
+        m_s = m_s.view(-1, 1, 1)
+        p = x0_hat.to(torch.float64) * (m_t - m_s) / m_t
+        p[..., self.mask_id] = (m_s / m_t).squeeze(-1)
+        unmasked = (x_t != self.mask_id).unsqueeze(-1)
+        one_hot = F.one_hot(x_t, self.vocab_size).to(torch.float64)
+        probs = torch.where(unmasked, one_hot, p)
+        return CategoricalTransition(probs, x0_hat)
+
+    def decode_x0_hat(self, x_t: Tensor, x0_hat: Tensor, generator=None, sample: bool = False) -> Tensor:
+        """A clean sequence from ``x0_hat``: masked positions filled by argmax (or a float64 draw
+        with ``sample=True``), unmasked tokens kept."""
+        fill = sample_categorical(x0_hat, generator) if sample else x0_hat.argmax(dim=-1)
+        return torch.where(x_t == self.mask_id, fill, x_t)
+
+    # -- likelihood -----------------------------------------------------------------------------
+    def nelbo(self, x0: Tensor, num_t_samples: int = 1, generator: Optional[torch.Generator] = None,
+              t_min: float = 1e-4) -> Tensor:
+        """Monte Carlo NELBO per sequence in nats, ``(B,)`` (averaged over ``num_t_samples``
+        antithetic-stratified draws of t per sequence). Differentiable in the model."""
+        B, L = x0.shape
+        total = torch.zeros(B, dtype=torch.float32, device=x0.device)
+        for _ in range(num_t_samples):
+            # stratified t over the batch (low-variance, as MDLM's antithetic sampling)
+            u = _rand((1,), generator, x0.device, torch.float32)
+            t = ((u + torch.arange(B, device=x0.device, dtype=torch.float32) / B) % 1.0)
+            t = t * (1 - t_min) + t_min
+            m = self.schedule.mask_prob(t.double()).float()
+            masked = _rand((B, L), generator, x0.device, torch.float32) < m.unsqueeze(1)
+            x_t = torch.where(masked, torch.full_like(x0, self.mask_id), x0)
+            logits = self.model(x_t, t)
+            logits = getattr(logits, "logits", logits).float()
+            logits = logits.clone()
+            logits[..., self.mask_id] = float("-inf")
+            logp = torch.log_softmax(logits, dim=-1).gather(-1, x0.unsqueeze(-1)).squeeze(-1)
+            ce = -(logp * masked).sum(dim=1)
+            total = total + self.schedule.loss_weight(t.double()).float() * ce
+        return total / num_t_samples
