@@ -1,6 +1,7 @@
 """A bidirectional transformer denoiser for masked diffusion.
 
-``MaskedTransformer(x (B, L) long, t (B,) float) -> logits (B, L, V)``: token + learned position
+``MaskedTransformer(x (B, L) long, t (B,) float) -> logits (B, L, V)`` (``x`` may also be a float
+one-hot (B, L, V), for gradients w.r.t. the input tokens): token + learned position
 embeddings, a sinusoidal embedding of ``t`` added to every position through a small MLP
 (adaLN-free, like MDLM's DiT trunk without the modulation), pre-norm encoder layers, and a
 linear head over the whole vocabulary (the process masks out the mask token).
@@ -46,7 +47,10 @@ class MaskedTransformer(nn.Module):
         self.head = nn.Linear(dim, vocab_size)
 
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
-        h = self.token_embedding(x) + self.position_embedding[:, : x.shape[1]]
+        # a float (B, L, V) input is a (relaxed) one-hot: lets guidance differentiate w.r.t. tokens
+        tok = x.to(self.token_embedding.weight.dtype) @ self.token_embedding.weight if x.is_floating_point() \
+            else self.token_embedding(x)
+        h = tok + self.position_embedding[:, : x.shape[1]]
         if self.time_conditioning:
             h = h + self.time_mlp(timestep_embedding(t, h.shape[-1]))[:, None, :]
         return self.head(self.norm(self.encoder(h)))

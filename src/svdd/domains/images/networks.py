@@ -6,8 +6,9 @@ time-conditioned value network for SVDD-MC.
   gradient. Two are trained on *disjoint* halves of the data with different widths and seeds:
   the reward classifier and the evaluation classifier (``classifier-eval:<d>``), so a method
   that fools the first (reward hacking) is caught by the second.
-- ``ImageValueNetwork``: ``f(x_t, t) -> (B,)``, a CNN whose channels are modulated by a
-  sinusoidal embedding of ``t / num_train_timesteps`` (FiLM), for the Monte Carlo regression
+- ``ImageValueNetwork``: ``f(x_t, s) -> (B,)``, a CNN whose channels are modulated (FiLM) by a
+  sinusoidal embedding of the time fraction ``s = t / T ∈ [0, 1]`` (``LearnedValue`` divides
+  the process's ``t`` by its noise-end time before calling it), for the Monte Carlo regression
   ``f(x_t, t) ≈ E[r(x0) | x_t]`` of SVDD-MC.
 
 This module imports only torch (the GPU training job loads it by file path).
@@ -58,15 +59,13 @@ def _sinusoidal(s: Tensor, dim: int) -> Tensor:
 
 
 class ImageValueNetwork(nn.Module):
-    """``f(x_t, t) -> (B,)``; ``t`` in the process's units (training timestep index, 0 = clean)."""
+    """``f(x_t, s) -> (B,)``; ``s`` the time as a fraction of the noise end (0 = clean, 1 = noise)."""
 
-    def __init__(self, in_channels: int = 1, width: int = 32, num_train_timesteps: int = 1000, time_dim: int = 64):
+    def __init__(self, in_channels: int = 1, width: int = 32, time_dim: int = 64):
         super().__init__()
-        self.config = {"in_channels": in_channels, "width": width, "num_train_timesteps": num_train_timesteps,
-                       "time_dim": time_dim}
+        self.config = {"in_channels": in_channels, "width": width, "time_dim": time_dim}
         w = width
         self.time_dim = time_dim
-        self.num_train_timesteps = num_train_timesteps
         self.time_mlp = nn.Sequential(nn.Linear(time_dim, 4 * w), nn.SiLU(), nn.Linear(4 * w, 4 * w))
         self.conv_in = nn.Conv2d(in_channels, w, 3, padding=1)
         chans = [(w, w, 1), (w, 2 * w, 2), (2 * w, 2 * w, 1), (2 * w, 4 * w, 2)]
@@ -75,11 +74,11 @@ class ImageValueNetwork(nn.Module):
         self.films = nn.ModuleList(nn.Linear(4 * w, 2 * b) for _, b, _ in chans)
         self.head = nn.Sequential(nn.Linear(4 * w + 4 * w, 4 * w), nn.SiLU(), nn.Linear(4 * w, 1))
 
-    def forward(self, x_t: Tensor, t: Tensor) -> Tensor:
-        t = torch.as_tensor(t, device=x_t.device, dtype=torch.float32)
-        if t.dim() == 0:
-            t = t.expand(x_t.shape[0])
-        emb = self.time_mlp(_sinusoidal(t / self.num_train_timesteps, self.time_dim))
+    def forward(self, x_t: Tensor, s: Tensor) -> Tensor:
+        s = torch.as_tensor(s, device=x_t.device, dtype=torch.float32)
+        if s.dim() == 0:
+            s = s.expand(x_t.shape[0])
+        emb = self.time_mlp(_sinusoidal(s, self.time_dim))
         h = self.conv_in(x_t.float())
         for conv, norm, film in zip(self.convs, self.norms, self.films):
             scale, shift = film(emb).chunk(2, dim=1)

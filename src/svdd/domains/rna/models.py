@@ -48,7 +48,9 @@ def load_utr_process(name: str = "utr-random", device: str = "cpu", schedule: st
     cfg = meta["config"]
     if cfg["vocab_size"] != VOCAB_SIZE or cfg["seq_len"] != SEQ_LEN:
         raise DomainError(f"{path} is not a 50-nt UTR model (vocab {cfg['vocab_size']}, length {cfg['seq_len']})")
-    return MaskedProcess(model, SEQ_LEN, VOCAB_SIZE, MASK_ID, schedule=meta.get("schedule", schedule), device=device)
+    process = MaskedProcess(model, SEQ_LEN, VOCAB_SIZE, MASK_ID, schedule=meta.get("schedule", schedule), device=device)
+    process.model_name = name
+    return process
 
 
 def available_models() -> list[str]:

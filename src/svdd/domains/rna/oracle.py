@@ -34,8 +34,9 @@ from .tokens import CDS_START, encode, one_hot
 
 ENV_VAR = "SVDD_UTR_ORACLE_DIR"
 ORACLE_FILES = {"mrl": "evolution_model.hdf5", "mrl-eval": "retrained_evolution_model.hdf5"}
-SOURCE_HINT = ("get it from the public repository pjsample/human_5utr_modeling (modeling/saved_models/) "
-               f"and pass its directory with --oracle-dir or ${ENV_VAR}")
+SOURCE_HINT = ("download evolution_model.hdf5 and retrained_evolution_model.hdf5 from the public repository "
+               "pjsample/human_5utr_modeling (modeling/saved_models/) and pass their directory with "
+               f"--oracle-dir or ${ENV_VAR}")
 
 
 class Optimus5Prime(nn.Module):

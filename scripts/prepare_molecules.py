@@ -1,0 +1,110 @@
+"""Prepare the molecule model's training inputs in ``.gpu-data/molecules/``.
+
+MOSES train SMILES (from the molsets 0.3.1 wheel, cached with a checksum) are subsampled with a
+fixed seed (the whole 1.58 M set would be 76 MB of uint8 at length 48; the GPU job's inputs must
+stay under 25 MB), converted to SELFIES and tokenised to a fixed length. Writes::
+
+    train.npy  valid.npy  test.npy   uint8 token ids (N, max_len)
+    tokenizer.json                   vocabulary (built from the train subset) + max_len
+    meta.json                        counts, coverage of max_len, seeds, source checksum
+
+and refreshes the committed test subset ``src/svdd/domains/molecules/assets/moses_sample.csv.gz``.
+
+    python scripts/prepare_molecules.py                    # 480k train, 10k valid, 10k test
+    python scripts/prepare_molecules.py --num-train 2000 --out /tmp/mol-smoke   # smoke test
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from svdd.domains.molecules import data as mdata  # noqa: E402
+from svdd.domains.molecules.tokenizer import SelfiesTokenizer  # noqa: E402
+
+
+def to_selfies(smiles_list):
+    import selfies as sf
+
+    out = []
+    for s in smiles_list:
+        try:
+            out.append(sf.encoder(s) or None)
+        except Exception:
+            out.append(None)
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default=str(ROOT / ".gpu-data" / "molecules"))
+    ap.add_argument("--num-train", type=int, default=480_000)
+    ap.add_argument("--num-valid", type=int, default=10_000)
+    ap.add_argument("--num-test", type=int, default=10_000)
+    ap.add_argument("--max-len", type=int, default=48)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--no-sample", action="store_true", help="do not rewrite the committed test subset")
+    args = ap.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    train_all = mdata.load_moses("train")
+    test_all = mdata.load_moses("test")
+    rng = np.random.default_rng(args.seed)
+    perm = rng.permutation(len(train_all))
+    train_smiles = [train_all[i] for i in perm[: args.num_train]]
+    valid_smiles = [train_all[i] for i in perm[args.num_train: args.num_train + args.num_valid]]
+    test_smiles = [test_all[i] for i in rng.permutation(len(test_all))[: args.num_test]]
+    print(f"loaded MOSES train={len(train_all)} test={len(test_all)} in {time.time() - t0:.1f}s", flush=True)
+
+    train_sf = to_selfies(train_smiles)
+    import selfies as sf
+
+    lengths = np.array([len(list(sf.split_selfies(s))) if s else 10**6 for s in train_sf])
+    coverage = float((lengths <= args.max_len).mean())
+    print(f"SELFIES lengths: median {np.median(lengths):.0f}, 99.5% {np.percentile(lengths, 99.5):.0f}, "
+          f"max {lengths[lengths < 10**6].max()}; max_len {args.max_len} covers {coverage:.4%}", flush=True)
+    if coverage < 0.995:
+        raise SystemExit(f"max_len {args.max_len} covers only {coverage:.3%} of train; raise --max-len")
+    keep = [s for s, n in zip(train_sf, lengths) if n <= args.max_len]
+    tok = SelfiesTokenizer.build(keep, args.max_len)
+    tok.save(out / "tokenizer.json")
+    print(f"vocabulary: {tok.vocab_size} tokens (incl. [PAD], [MASK])", flush=True)
+
+    def encode_all(selfies_list):
+        rows, dropped = [], 0
+        for s in selfies_list:
+            try:
+                rows.append(tok.encode_selfies(s))
+            except Exception:
+                dropped += 1
+        return np.asarray(rows, dtype=np.uint8).reshape(-1, args.max_len), dropped
+
+    assert tok.vocab_size <= 256
+    counts = {}
+    for name, sel in (("train", keep), ("valid", to_selfies(valid_smiles)), ("test", to_selfies(test_smiles))):
+        arr, dropped = encode_all([s for s in sel if s])
+        np.save(out / f"{name}.npy", arr)
+        counts[name] = {"kept": int(arr.shape[0]), "dropped": int(dropped + sum(1 for s in sel if not s))}
+        print(f"{name}: {arr.shape} ({arr.nbytes / 1e6:.1f} MB), dropped {counts[name]['dropped']}", flush=True)
+    meta = {"source": f"molsets=={mdata.MOLSETS_VERSION} sha256={mdata.MOLSETS_SHA256}",
+            "num_train_total": len(train_all), "seed": args.seed, "max_len": args.max_len,
+            "coverage_of_max_len": coverage, "counts": counts, "vocab_size": tok.vocab_size,
+            "mask_id": tok.mask_id, "pad_id": tok.pad_id}
+    (out / "meta.json").write_text(json.dumps(meta, indent=2))
+    if not args.no_sample:
+        mdata.write_sample(mdata.SAMPLE_FILE, train_smiles[:2000], test_smiles[:2000])
+        print(f"wrote {mdata.SAMPLE_FILE} ({mdata.SAMPLE_FILE.stat().st_size / 1e3:.0f} kB)")
+    print(f"done in {time.time() - t0:.0f}s")
+
+
+if __name__ == "__main__":
+    main()

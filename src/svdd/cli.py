@@ -1,0 +1,463 @@
+"""Command-line interface: ``svdd sample | fit-value | list | bench | report | demo``.
+
+Every user mistake (unknown name, impossible size, missing optional dependency) ends in a
+one-line ``svdd: error: ...`` that says what to do, exit code 2 — never a traceback.
+Sampling runs in independent shards of ``--batch-size`` samples, each with a seed derived from
+``--seed`` and its index, written to disk as it finishes; ``--resume`` skips finished shards, so
+a killed run loses nothing and the result does not depend on where it was interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import inspect
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from . import __version__
+from .algorithms import ALGORITHMS, AlgorithmError, get_algorithm
+from .domains import DOMAIN_MODULES, DomainError, get_domain
+from .rewards.base import RewardError, as_reward
+
+
+class UserError(Exception):
+    pass
+
+
+USER_ERRORS = (UserError, DomainError, AlgorithmError, RewardError)
+
+
+# ------------------------------------------------------------------------------------------------
+def _parse_value(text: str) -> Any:
+    low = text.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    if low in ("none", "null"):
+        return None
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
+def _method_kwargs(args, fn) -> dict:
+    params = inspect.signature(fn).parameters
+    kwargs: dict[str, Any] = {}
+    knobs = {"num_candidates": args.num_candidates, "alpha": args.alpha, "num_particles": args.num_particles}
+    for name, value in knobs.items():
+        if value is None:
+            continue
+        if name not in params:
+            raise UserError(f"method {args.method!r} does not take --{name.replace('_', '-')}; drop it")
+        kwargs[name] = value
+    for item in args.set or []:
+        key, eq, value = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not eq or key not in params:
+            options = ", ".join(p for p in params if p not in ("process", "reward_fn", "generator", "callback"))
+            raise UserError(f"--set {item!r}: {args.method} takes {options}")
+        kwargs[key] = _parse_value(value)
+    if args.max_batch_size and "max_batch_size" in params:
+        kwargs["max_batch_size"] = args.max_batch_size
+    return kwargs
+
+
+def _device(name: str) -> str:
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError("--device cuda was asked for but no CUDA device is visible; use --device cpu")
+    return name
+
+
+def _git_revision() -> Optional[str]:
+    try:
+        import subprocess
+
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent)
+        return out.stdout.strip() or None
+    except Exception:
+        return None
+
+
+def _progress(total: int, desc: str, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="step", disable=not enabled, leave=False, dynamic_ncols=True)
+
+
+# ------------------------------------------------------------------------------------------------
+def _load(args):
+    domain = get_domain(args.domain)
+    device = _device(args.device)
+    if getattr(args, "diffusers", None):
+        loader = domain.extra.get("load_diffusers")
+        if loader is None:
+            raise UserError(f"--diffusers works only with --domain images, not {args.domain!r}")
+        if not Path(args.diffusers).exists():
+            raise UserError(f"--diffusers {args.diffusers}: no such folder")
+        process = loader(args.diffusers, device)
+    else:
+        process = domain.load_process(args.model, device=device)
+    reward_options = {}
+    if getattr(args, "oracle_dir", None):
+        reward_options["oracle_dir"] = args.oracle_dir
+    reward = as_reward(domain.make_reward(args.reward, **reward_options))
+    return domain, process, reward, device
+
+
+def _shard_plan(num_samples: int, batch_size: int) -> list[int]:
+    sizes = [batch_size] * (num_samples // batch_size)
+    if num_samples % batch_size:
+        sizes.append(num_samples % batch_size)
+    return sizes
+
+
+def _run_shards(label, method, process, reward, kwargs, args, out: Path, show: bool) -> dict:
+    """Run ``method`` in shards; shard i uses seed (args.seed, i). Returns merged arrays/counters."""
+    spec = get_algorithm(method)
+    shard_dir = out / "shards" / label
+    shard_dir.mkdir(parents=True, exist_ok=True)
+    sizes = _shard_plan(args.num_samples, args.batch_size or args.num_samples)
+    xs, rewards, infos = [], [], []
+    for i, n in enumerate(sizes):
+        path = shard_dir / f"shard_{i:05d}.pt"
+        if path.exists() and args.resume:
+            saved = torch.load(path, weights_only=False)
+            xs.append(saved["x0"]); rewards.append(saved["rewards"]); infos.append(saved["info"])
+            continue
+        gen = torch.Generator(device=process.device if hasattr(process, "device") else "cpu")
+        gen.manual_seed(args.seed * 1_000_003 + i + (0 if label == "method" else 500_009))
+        bar = _progress(args.num_steps, f"{label} {method} [{i + 1}/{len(sizes)}]", show)
+        res = spec.fn(process, reward, **{**spec.defaults, **kwargs, "num_samples": n, "num_steps": args.num_steps,
+                                         "generator": gen, "callback": lambda s: bar.update(1)})
+        bar.close()
+        info = {k: v for k, v in res.info.items() if isinstance(v, (int, float, str, bool, list))}
+        torch.save({"x0": res.x0.cpu(), "rewards": res.rewards.cpu(), "info": info}, path)
+        xs.append(res.x0.cpu()); rewards.append(res.rewards.cpu()); infos.append(info)
+    counters = {}
+    for key in ("nfe", "grad_passes", "value_calls", "reward_calls", "reward_invalid", "reward_errors", "wall_time_s"):
+        counters[key] = sum(float(inf.get(key, 0)) for inf in infos)
+    counters["nfe_per_sample"] = counters["nfe"] / max(args.num_samples, 1)
+    return {"x0": torch.cat(xs), "rewards": torch.cat(rewards).float(), "counters": counters,
+            "num_shards": len(sizes), "shard_info": infos}
+
+
+def _reward_stats(rewards: torch.Tensor, seed: int) -> dict:
+    from .metrics.stats import quantile_summary
+
+    return quantile_summary(rewards.numpy(), seed=seed)
+
+
+def _histogram(path: Path, rewards: torch.Tensor, baseline: Optional[torch.Tensor], method: str, reward_name: str):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    data = [rewards.numpy()] + ([baseline.numpy()] if baseline is not None else [])
+    lo = min(float(d.min()) for d in data)
+    hi = max(float(d.max()) for d in data)
+    bins = 30 if hi > lo else 1
+    if baseline is not None:
+        ax.hist(baseline.numpy(), bins=bins, range=(lo, hi) if hi > lo else None, alpha=0.55, label="pretrained (ancestral)", color="#888888")
+    ax.hist(rewards.numpy(), bins=bins, range=(lo, hi) if hi > lo else None, alpha=0.7, label=method, color="#1f77b4")
+    ax.set_xlabel(f"reward: {reward_name}")
+    ax.set_ylabel("samples")
+    ax.legend(frameon=False)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _write_csv(path: Path, decoded: list[str], rewards: torch.Tensor, columns: dict[str, list]):
+    with open(path, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["index", "sample", "reward", *columns.keys()])
+        for i, (s, r) in enumerate(zip(decoded, rewards.tolist())):
+            w.writerow([i, s, f"{r:.6g}", *(col[i] for col in columns.values())])
+
+
+def cmd_sample(args) -> int:
+    if args.num_samples < 1:
+        raise UserError("--num-samples must be >= 1")
+    if args.num_candidates is not None and args.num_candidates < 1:
+        raise UserError("--num-candidates must be >= 1")
+    if args.alpha is not None and args.alpha < 0:
+        raise UserError("--alpha must be >= 0 (0 means argmax selection)")
+    if args.batch_size is not None and args.batch_size < 1:
+        raise UserError("--batch-size must be >= 1")
+    spec = get_algorithm(args.method)
+    out = Path(args.out)
+    config_path = out / "config.json"
+    config = {k: v for k, v in vars(args).items() if k not in ("func", "resume", "quiet")}
+    if out.exists() and any(out.iterdir()):
+        if not args.resume:
+            raise UserError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+        if config_path.exists():
+            old = json.loads(config_path.read_text())
+            diff = [k for k in config if k not in ("device", "max_batch_size") and old.get(k) != config.get(k)]
+            if diff:
+                raise UserError(f"--resume: {out} was run with different {', '.join(diff)}; use the same options")
+    domain, process, reward, device = _load(args)
+    if args.num_steps is None:
+        args.num_steps = domain.default_num_steps
+    if process.kind not in spec.kinds:
+        raise UserError(f"{args.method} does not support {process.kind} processes; use svdd-pm instead")
+    if spec.needs_gradients and not reward.differentiable:
+        raise UserError(f"{args.method} needs a differentiable reward and {reward.name!r} is not; "
+                        "use svdd-pm, smc or dno (hybrid) instead")
+    kwargs = _method_kwargs(args, spec.fn)
+    value_cost = None
+    if args.value:
+        from .values.learned import load_value
+
+        value = load_value(args.value, device=device)
+        kwargs["value_fn"] = value
+        value_cost = value.meta.get("cost")
+    elif spec.needs_value:
+        raise UserError(f"{args.method} needs --value PATH (fit one with `svdd fit-value`), or use svdd-pm")
+
+    out.mkdir(parents=True, exist_ok=True)
+    config_path.write_text(json.dumps(config, indent=2))
+    show = not args.quiet
+    started = time.time()
+    run = _run_shards("method", args.method, process, reward, kwargs, args, out, show)
+    baseline = None
+    if args.baseline and args.method != "ancestral":
+        baseline = _run_shards("baseline", "ancestral", process, reward, {}, args, out, show)
+
+    decoded = domain.decode(run["x0"]) if domain.decode else [""] * len(run["x0"])
+    columns = domain.sample_columns(run["x0"], decoded, process) if domain.sample_columns else {}
+    _write_csv(out / "samples.csv", decoded, run["rewards"], columns)
+    metrics = domain.metrics(run["x0"], decoded, process) if domain.metrics else {}
+    files = [out / "samples.csv"]
+    _histogram(out / "reward_hist.png", run["rewards"], baseline["rewards"] if baseline else None, args.method, reward.name)
+    files.append(out / "reward_hist.png")
+    if domain.write_files:
+        files += list(domain.write_files(out, run["x0"], decoded, run["rewards"], {"reward": reward.name}) or [])
+
+    summary = {
+        "svdd_version": __version__, "git_revision": _git_revision(), "config": config,
+        "domain": domain.name, "model": args.model or domain.default_model, "reward": reward.name,
+        "method": args.method, "num_samples": args.num_samples, "num_steps": args.num_steps,
+        "device": device, "torch": torch.__version__, "python": platform.python_version(),
+        "host_cpu_count": os.cpu_count(),
+        "reward_stats": _reward_stats(run["rewards"], args.seed),
+        "metrics": metrics, "counters": run["counters"], "num_shards": run["num_shards"],
+        "value_training_cost": value_cost,
+        "wall_time_s_this_invocation": time.time() - started,
+        "files": [str(f.relative_to(out)) for f in files],
+    }
+    if baseline:
+        bdec = domain.decode(baseline["x0"]) if domain.decode else None
+        summary["baseline"] = {"method": "ancestral", "reward_stats": _reward_stats(baseline["rewards"], args.seed),
+                               "metrics": domain.metrics(baseline["x0"], bdec, process) if domain.metrics else {},
+                               "counters": baseline["counters"]}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    if show:
+        _print_table(summary)
+    return 0
+
+
+def _print_table(summary: dict) -> None:
+    rows = [("pretrained", summary.get("baseline"))] if summary.get("baseline") else []
+    rows.append((summary["method"], summary))
+    print(f"\n{summary['domain']} / {summary['reward']}  ({summary['num_samples']} samples, {summary['num_steps']} steps)")
+    print(f"{'method':<14} {'median':>22} {'top-10%':>22} {'mean':>9} {'nfe/sample':>11}")
+    for name, s in rows:
+        st, c = s["reward_stats"], s["counters"]
+        med = f"{st['median']:.3f} [{st['median_ci'][0]:.3f}, {st['median_ci'][1]:.3f}]"
+        top = f"{st['top10']:.3f} [{st['top10_ci'][0]:.3f}, {st['top10_ci'][1]:.3f}]"
+        print(f"{name:<14} {med:>22} {top:>22} {st['mean']:>9.3f} {c['nfe_per_sample']:>11.1f}")
+    for key, val in summary.get("metrics", {}).items():
+        if isinstance(val, (int, float)):
+            print(f"  {key}: {val:.4g}")
+    print(f"wrote {summary['config']['out']}/ ({', '.join(summary['files'])}, summary.json)")
+
+
+# ------------------------------------------------------------------------------------------------
+def cmd_fit_value(args) -> int:
+    from .values.learned import fit_value
+
+    domain, process, reward, device = _load(args)
+    num_steps = args.num_steps or domain.default_num_steps
+    network = None
+    if "value_network" in domain.extra:
+        network = domain.extra["value_network"](process)
+    gen = torch.Generator().manual_seed(args.seed)
+    value, cost = fit_value(process, reward, num_rollouts=args.num_rollouts, num_steps=num_steps, network=network,
+                            train_steps=args.train_steps, batch_size=args.train_batch_size, lr=args.lr, loss=args.loss,
+                            alpha=args.alpha, generator=gen, device=device, progress=not args.quiet,
+                            log=None if args.quiet else print)
+    value.meta.update({"domain": domain.name, "reward": reward.name, "model": args.model or domain.default_model})
+    value.save(args.out)
+    print(f"fitted value saved to {args.out}: {cost['num_rollouts']} rollouts, nfe {cost['nfe']}, "
+          f"reward calls {cost['reward_calls']}, {cost['wall_time_s']:.1f} s")
+    return 0
+
+
+def cmd_list(args) -> int:
+    what = args.what
+    if what == "methods":
+        for name, spec in sorted(ALGORITHMS.items()):
+            kinds = ",".join(sorted(spec.kinds))
+            grad = " (differentiable reward)" if spec.needs_gradients else ""
+            print(f"{name:<20} [{kinds}]{grad} {spec.description}")
+        return 0
+    names = [args.domain] if args.domain else sorted(DOMAIN_MODULES)
+    for name in names:
+        try:
+            domain = get_domain(name)
+        except DomainError as err:
+            print(f"{name:<14} unavailable: {err}")
+            continue
+        if what == "domains":
+            print(f"{name:<14} {domain.description}")
+        elif what == "models":
+            for m in domain.models:
+                star = "*" if m == domain.default_model else " "
+                print(f"{name:<14}{star} {m}")
+        elif what == "rewards":
+            for r, (_, desc) in domain.rewards.items():
+                star = "*" if r == domain.default_reward else " "
+                print(f"{name:<14}{star} {r:<22} {desc}")
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from .bench import run_suite
+
+    if not Path(args.suite).exists():
+        raise UserError(f"no suite file {args.suite}; see benchmarks/*.yaml")
+    run_suite(args.suite, args.out, resume=args.resume, quick=args.quick, device=_device(args.device))
+    return 0
+
+
+def cmd_report(args) -> int:
+    from .report import build_report
+
+    if not Path(args.run_dir).exists():
+        raise UserError(f"no run directory {args.run_dir}; run `svdd bench SUITE --out DIR` first")
+    out = build_report(args.run_dir, args.output)
+    if out:
+        print(f"wrote {out}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    """SVDD-PM on QED with the shipped molecule model (falls back to the toys if unavailable)."""
+    out = Path(args.out)
+    try:
+        get_domain("molecules")
+        domain, reward, steps, cands = "molecules", "qed", None, 8
+    except DomainError as err:
+        print(f"(molecules unavailable: {err}; running the toy demo)")
+        domain, reward, steps, cands = "toy-masked", "table", 8, 8
+    argv = ["sample", "--domain", domain, "--reward", reward, "--method", "svdd-pm", "--num-samples", str(args.num_samples),
+            "--num-candidates", str(cands), "--seed", "0", "--out", str(out), "--resume"]
+    if steps:
+        argv += ["--num-steps", str(steps)]
+    return main(argv)
+
+
+# ------------------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="svdd", description="Reward-aligned sampling from pretrained diffusion models.")
+    p.add_argument("--version", action="version", version=f"svdd {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def common(sp):
+        sp.add_argument("--domain", default="molecules", help="domain pack (svdd list domains)")
+        sp.add_argument("--model", default=None, help="pretrained model of the domain (svdd list models)")
+        sp.add_argument("--reward", default=None, help="reward name or weighted sum, e.g. 'docking:parp1+0.5*qed'")
+        sp.add_argument("--num-steps", type=int, default=None, help="denoising steps (domain default)")
+        sp.add_argument("--seed", type=int, default=0)
+        sp.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 or auto")
+        sp.add_argument("--oracle-dir", default=None, help="folder of third-party oracle weights (rna)")
+        sp.add_argument("--diffusers", default=None, help="a saved diffusers pipeline/model folder (images)")
+        sp.add_argument("--quiet", action="store_true", help="no progress bars or tables")
+
+    s = sub.add_parser("sample", help="draw reward-aligned samples and write a run folder")
+    common(s)
+    s.add_argument("--method", default="svdd-pm", help="algorithm (svdd list methods)")
+    s.add_argument("--num-samples", type=int, default=64)
+    s.add_argument("--num-candidates", type=int, default=None, help="SVDD's M / best-of-n's N")
+    s.add_argument("--num-particles", type=int, default=None, help="SMC particles")
+    s.add_argument("--alpha", type=float, default=None, help="tilt temperature (0 = argmax)")
+    s.add_argument("--value", default=None, help="fitted value folder for svdd-mc (svdd fit-value)")
+    s.add_argument("--set", action="append", metavar="KEY=VALUE", help="any other method option, repeatable")
+    s.add_argument("--batch-size", type=int, default=None, help="samples per shard (default: all in one)")
+    s.add_argument("--max-batch-size", type=int, default=None, help="cap on rows per denoiser call")
+    s.add_argument("--no-baseline", dest="baseline", action="store_false", help="skip the pretrained baseline")
+    s.add_argument("--out", required=True, help="run folder")
+    s.add_argument("--resume", action="store_true", help="continue a killed run in --out")
+    s.set_defaults(func=cmd_sample)
+
+    f = sub.add_parser("fit-value", help="fit an SVDD-MC value network on pretrained rollouts")
+    common(f)
+    f.add_argument("--num-rollouts", type=int, default=512)
+    f.add_argument("--train-steps", type=int, default=2000)
+    f.add_argument("--train-batch-size", type=int, default=256)
+    f.add_argument("--lr", type=float, default=1e-3)
+    f.add_argument("--loss", choices=["mse", "exp"], default="mse")
+    f.add_argument("--alpha", type=float, default=1.0)
+    f.add_argument("--out", required=True)
+    f.set_defaults(func=cmd_fit_value)
+
+    ls = sub.add_parser("list", help="list methods, domains, models or rewards")
+    ls.add_argument("what", choices=["methods", "domains", "models", "rewards"])
+    ls.add_argument("--domain", default=None)
+    ls.set_defaults(func=cmd_list)
+
+    b = sub.add_parser("bench", help="run a benchmark suite (YAML)")
+    b.add_argument("suite")
+    b.add_argument("--out", required=True)
+    b.add_argument("--resume", action="store_true", default=True)
+    b.add_argument("--no-resume", dest="resume", action="store_false")
+    b.add_argument("--quick", action="store_true")
+    b.add_argument("--device", default="cpu")
+    b.set_defaults(func=cmd_bench)
+
+    r = sub.add_parser("report", help="tables and figures from a bench run folder")
+    r.add_argument("run_dir")
+    r.add_argument("--output", default=None, help="markdown file to write (default: RUN_DIR/report.md)")
+    r.set_defaults(func=cmd_report)
+
+    d = sub.add_parser("demo", help="SVDD-PM on QED with the shipped molecule model")
+    d.add_argument("--out", default="runs/demo")
+    d.add_argument("--num-samples", type=int, default=32)
+    d.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except USER_ERRORS as err:
+        print(f"svdd: error: {err}", file=sys.stderr)
+        return 2
+    except FileNotFoundError as err:
+        print(f"svdd: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("svdd: interrupted; finished shards are kept — rerun with --resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,261 @@
+"""Images domain: diffusers models as Gaussian processes, a shipped 16×16 digits DDPM, and
+image rewards.
+
+Model ``digits-ddpm``: a diffusers ``UNet2DModel`` (1.5 M parameters) + ``DDPMScheduler``
+(cosine schedule, T = 1000, ε-prediction) trained by ``scripts/train_images.py`` on
+scikit-learn's digits upscaled to 16×16, pixels in [-1, 1]. It is a normal diffusers folder
+(``DDPMPipeline.from_pretrained(svdd.domains.images.DIGITS_DDPM_PATH)`` works). Any other
+saved diffusers pipeline or UNet folder loads with ``load_diffusers(path)`` (CLI
+``--diffusers PATH``).
+
+Rewards (see ``rewards``): ``compressibility`` (−JPEG kB, q = 95, black box),
+``classifier:<d>`` and ``classifier-eval:<d>`` (log-probability of digit d under two
+independently trained CNNs; differentiable), ``brightness`` (differentiable). For latent
+models they decode through the VAE (pass ``process=`` to the factory).
+"""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from pathlib import Path
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from ..base import Domain, DomainError
+from . import rewards as _rewards
+from .metrics import elbo_proxy_bits_per_dim, pairwise_diversity
+from .networks import DigitClassifier, ImageValueNetwork
+
+ASSETS = Path(__file__).resolve().parent / "assets"
+DIGITS_DDPM_PATH = ASSETS / "digits-ddpm"
+CLASSIFIER_PATH = ASSETS / "classifier.safetensors"
+CLASSIFIER_EVAL_PATH = ASSETS / "classifier-eval.safetensors"
+VALUE_PATHS = {"classifier:0": ASSETS / "value-classifier0"}
+
+__all__ = ["DOMAIN", "load_digits", "load_diffusers", "make_reward", "value_network", "ASSETS", "DIGITS_DDPM_PATH"]
+
+
+def _offline() -> None:
+    import os
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def _import_diffusers():
+    _offline()
+    try:
+        import diffusers  # noqa: F401
+    except ModuleNotFoundError:
+        raise DomainError("the images domain needs diffusers: pip install 'svdd[images]'") from None
+    return diffusers
+
+
+# -- models -------------------------------------------------------------------------------------
+def load_digits(device="cpu", *, eta: float = 1.0, path: Optional[Path] = None):
+    """The shipped digits DDPM as a ``GaussianProcess`` (pixels (1, 16, 16) in [-1, 1])."""
+    path = Path(path or DIGITS_DDPM_PATH)
+    if not (path / "unet" / "diffusion_pytorch_model.safetensors").exists():
+        raise DomainError(f"the digits DDPM weights are missing at {path}; train them with "
+                          "`python scripts/train_images.py` (see docs/images.md)")
+    return load_diffusers(path, device, eta=eta)
+
+
+def _scheduler_from(folder: Path):
+    diffusers = _import_diffusers()
+    cfg_path = folder / "scheduler_config.json"
+    name = json.loads(cfg_path.read_text()).get("_class_name", "DDPMScheduler")
+    cls = getattr(diffusers, name, None)
+    if cls is None or not hasattr(cls, "from_pretrained"):
+        raise DomainError(f"unknown scheduler class {name!r} in {cfg_path}")
+    return cls.from_pretrained(str(folder))
+
+
+def load_diffusers(path, device="cpu", *, prompt: Optional[str] = None, guidance_scale: Optional[float] = None,
+                   eta: float = 1.0, torch_dtype: Optional[torch.dtype] = None):
+    """A saved diffusers pipeline folder (``model_index.json``) or UNet folder (``config.json``
+    with a ``scheduler_config.json`` beside it or in ``../scheduler``) -> ``GaussianProcess``.
+
+    Pipelines without a text encoder (DDPM/DDIM, unconditional latent diffusion) load
+    component by component; text pipelines (Stable Diffusion) need ``prompt=``."""
+    diffusers = _import_diffusers()
+    from ...process.adapters import from_diffusers, from_pipeline
+
+    path = Path(path)
+    kwargs = {"low_cpu_mem_usage": False, **({"torch_dtype": torch_dtype} if torch_dtype is not None else {})}
+    if (path / "model_index.json").exists():
+        index = json.loads((path / "model_index.json").read_text())
+        if index.get("text_encoder") and index["text_encoder"][0] is not None:
+            if prompt is None:
+                raise DomainError(f"{path} is a text-conditioned pipeline: give a prompt (Python: "
+                                  "svdd.domains.images.load_diffusers(path, prompt='...'))")
+            pipe = diffusers.DiffusionPipeline.from_pretrained(str(path), safety_checker=None, **kwargs).to(device)
+            return from_pipeline(pipe, prompt, guidance_scale=guidance_scale, eta=eta)
+        if "unet" not in index or "scheduler" not in index:
+            raise DomainError(f"{path}: a pipeline without unet/scheduler is not supported")
+        unet_cls = getattr(diffusers, index["unet"][1])
+        unet = unet_cls.from_pretrained(str(path), subfolder="unet", **kwargs).to(device).eval()
+        scheduler = _scheduler_from(path / "scheduler")
+        vae = None
+        if index.get("vqvae") or index.get("vae"):
+            key = "vae" if index.get("vae") else "vqvae"
+            vae = getattr(diffusers, index[key][1]).from_pretrained(str(path), subfolder=key, **kwargs).to(device).eval()
+        return from_diffusers(unet, scheduler, vae=vae, eta=eta, device=device)
+    if (path / "config.json").exists():
+        cfg = json.loads((path / "config.json").read_text())
+        unet_cls = getattr(diffusers, cfg.get("_class_name", "UNet2DModel"), None)
+        if unet_cls is None:
+            raise DomainError(f"{path}/config.json names an unknown diffusers class")
+        for folder in (path, path.parent / "scheduler"):
+            if (folder / "scheduler_config.json").exists():
+                scheduler = _scheduler_from(folder)
+                break
+        else:
+            raise DomainError(f"no scheduler_config.json next to {path} or in {path.parent / 'scheduler'}; "
+                              "save the scheduler with scheduler.save_pretrained(...) there")
+        unet = unet_cls.from_pretrained(str(path), **kwargs).to(device).eval()
+        return from_diffusers(unet, scheduler, eta=eta, device=device)
+    raise DomainError(f"{path} is not a diffusers folder (no model_index.json or config.json)")
+
+
+# -- rewards ------------------------------------------------------------------------------------
+@lru_cache(maxsize=4)
+def _classifier(kind: str, device: str):
+    return _rewards.load_classifier(CLASSIFIER_PATH if kind == "classifier" else CLASSIFIER_EVAL_PATH, device)
+
+
+def _wrap(reward, process):
+    if process is None:
+        return reward
+    from ...process.adapters import latent_reward
+
+    return latent_reward(reward, process)
+
+
+def _compressibility(arg=None, *, process=None, **options):
+    quality = int(arg) if arg else 95
+    if not 1 <= quality <= 100:
+        raise DomainError("compressibility:<quality> takes a JPEG quality in 1..100 (default 95)")
+    return _wrap(_rewards.Compressibility(quality), process)
+
+
+def _classifier_reward(kind):
+    def factory(arg=None, *, process=None, device="cpu", **options):
+        digit = _rewards.parse_digit(arg, kind)
+        return _wrap(_rewards.ClassifierLogProb(_classifier(kind, str(device)), digit, kind), process)
+    return factory
+
+
+def _brightness(arg=None, *, process=None, **options):
+    if arg:
+        raise DomainError("brightness takes no argument")
+    return _wrap(_rewards.Brightness(), process)
+
+
+def make_reward(spec: str, process=None, **options):
+    """Build a reward from a spec (``"compressibility"``, ``"classifier:3+0.1*brightness"``);
+    with ``process=`` a latent process's samples are decoded first."""
+    return DOMAIN.make_reward(spec, process=process, **options)
+
+
+# -- outputs ------------------------------------------------------------------------------------
+def _pixels(x0: Tensor, process=None) -> Tensor:
+    decode = getattr(process, "decode", None)
+    return decode(x0.to(process.device)).cpu() if decode is not None and getattr(process, "is_latent", False) else x0
+
+
+def _decode(x0: Tensor) -> list[str]:
+    return [""] * x0.shape[0]
+
+
+def _eval_features(pixels: Tensor):
+    try:
+        model = _classifier("classifier-eval", "cpu")
+    except DomainError:
+        return None, None
+    with torch.no_grad():
+        x = _rewards.to_digit_input(pixels.float().cpu())
+        feats = model.features(x)
+        probs = torch.softmax(model.head(feats), dim=1)
+    return feats, probs
+
+
+def _sample_columns(x0: Tensor, decoded, process=None) -> dict:
+    pixels = _pixels(x0, process)
+    cols = {"jpeg_kb": [round(v, 4) for v in _rewards.jpeg_kilobytes(pixels).tolist()],
+            "brightness": [round(v, 4) for v in _rewards.Brightness()(pixels.float()).tolist()]}
+    _, probs = _eval_features(pixels)
+    if probs is not None:
+        conf, digit = probs.max(dim=1)
+        cols["eval_digit"] = digit.tolist()
+        cols["eval_confidence"] = [round(v, 4) for v in conf.tolist()]
+    return cols
+
+
+def _metrics(x0: Tensor, decoded, process=None, *, elbo_timesteps: int = 8) -> dict:
+    pixels = _pixels(x0, process)
+    out = {"diversity_pixels": pairwise_diversity(pixels), "jpeg_kb_mean": float(_rewards.jpeg_kilobytes(pixels).mean())}
+    feats, probs = _eval_features(pixels)
+    if feats is not None:
+        out["diversity_features"] = pairwise_diversity(feats, center=False)
+        counts = torch.bincount(probs.argmax(1), minlength=10)
+        out["eval_digit_counts"] = counts.tolist()
+        out["eval_confidence_mean"] = float(probs.max(1).values.mean())
+    if process is not None and hasattr(process, "num_train_timesteps") and elbo_timesteps > 0:
+        elbo = elbo_proxy_bits_per_dim(process, x0, num_timesteps=elbo_timesteps)
+        out["elbo_proxy_bits_per_dim"] = float(elbo.mean())
+        out["elbo_proxy_timesteps_per_sample"] = elbo_timesteps
+    return out
+
+
+def _write_files(out_dir, x0: Tensor, decoded, rewards: Tensor, info: Optional[dict] = None) -> list[Path]:
+    from .viz import best_and_median, save_grid
+
+    out_dir = Path(out_dir)
+    process = (info or {}).get("process")
+    pixels = _pixels(x0, process)
+    best, median = best_and_median(rewards, 16)
+    order = torch.argsort(rewards.float().cpu(), descending=True)
+    return [save_grid(out_dir / "best.png", pixels[best]), save_grid(out_dir / "median.png", pixels[median]),
+            save_grid(out_dir / "samples.png", pixels[order[:64]])]
+
+
+def value_network(process) -> torch.nn.Module:
+    """The SVDD-MC value network for image processes: ``ImageValueNetwork`` (FiLM-conditioned CNN)."""
+    return ImageValueNetwork(in_channels=int(process.sample_shape[0]), width=32)
+
+
+def _register_value_network() -> None:
+    try:
+        from ...values.learned import register_value_network
+    except ImportError:  # pragma: no cover - learned values are optional
+        return
+    register_value_network(ImageValueNetwork)
+
+
+_register_value_network()
+
+DOMAIN = Domain(
+    name="images",
+    description="diffusers image models (shipped: 16x16 digits DDPM); JPEG compressibility, digit classifiers",
+    models={"digits-ddpm": load_digits},
+    default_model="digits-ddpm",
+    rewards={
+        "compressibility": (_compressibility, "-JPEG size in kB at quality 95 (black box)"),
+        "classifier": (_classifier_reward("classifier"), "log p(digit) from the reward CNN, e.g. classifier:3 (differentiable)"),
+        "classifier-eval": (_classifier_reward("classifier-eval"),
+                            "log p(digit) from the independent evaluation CNN, e.g. classifier-eval:3"),
+        "brightness": (_brightness, "mean pixel intensity in [0, 1] (differentiable)"),
+    },
+    default_reward="compressibility",
+    default_num_steps=50,
+    decode=_decode,
+    sample_columns=_sample_columns,
+    metrics=_metrics,
+    write_files=_write_files,
+    extra={"pyproject_extra": "images", "load_diffusers": load_diffusers, "value_network": value_network,
+           "reward_needs_process": True,   # pass process= to make_reward so latent samples decode via the VAE
+           "values": VALUE_PATHS, "elbo_proxy": elbo_proxy_bits_per_dim},
+)

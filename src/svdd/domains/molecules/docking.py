@@ -1,0 +1,416 @@
+"""Docking reward ``docking:<target>`` with AutoDock Vina (Python API).
+
+reward = max(−DS, 0) where DS is Vina's best binding score (kcal/mol, lower = better) of the
+molecule docked into a prepared receptor; invalid molecules and failed or timed-out dockings
+get NaN, which the library maps to the invalid value 0 (as the SVDD paper).
+
+Pipeline per ligand: Open Babel protonation at pH 7.4 -> RDKit ETKDG 3D embedding (seeded) +
+MMFF -> meeko PDBQT -> ``Vina.dock(exhaustiveness, n_poses=1)``. Receptors and boxes are
+dockstring's 58 prepared targets (``dockstring/resources/targets/<T>_target.pdbqt`` and
+``<T>_conf.txt``), read from an installed ``dockstring`` (never imported) or from its wheel
+fetched with ``pip download --no-deps dockstring==0.3.4`` into the cache.
+
+Workers are separate processes (one Vina each, ``cpu=1``), each computing the receptor's
+affinity maps once when it starts; a docking that runs past ``timeout_s`` kills its worker
+(Vina cannot be interrupted otherwise), scores NaN, and a fresh worker takes its place. Results
+(score and best pose) persist in an SQLite cache keyed by target, settings and canonical SMILES
+under ``~/.cache/svdd/docking`` (``$SVDD_CACHE_DIR``), so a molecule is docked once across runs.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import hashlib
+import importlib.util
+import math
+import multiprocessing as mp
+import os
+import queue
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+import weakref
+import zipfile
+from functools import lru_cache
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+from torch import Tensor
+
+from ..base import DomainError
+from .data import cache_dir
+
+DOCKSTRING_VERSION = "0.3.4"
+DOCKSTRING_WHEEL = f"dockstring-{DOCKSTRING_VERSION}-py3-none-any.whl"
+DOCKSTRING_SHA256 = "e0e61d4f6f5ff22b3cc2905ea01af5752fe0a14f93b4a148d81ffa1fac661cc5"
+_ACTIVE: "weakref.WeakSet[DockingReward]" = weakref.WeakSet()
+
+
+# -- receptors ----------------------------------------------------------------------------------
+def _installed_targets_dir() -> Optional[Path]:
+    spec = importlib.util.find_spec("dockstring")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(list(spec.submodule_search_locations)[0]) / "resources" / "targets"
+    return path if path.is_dir() else None
+
+
+@lru_cache(maxsize=1)
+def targets_dir(download: bool = True) -> Path:
+    """Folder with ``<T>_target.pdbqt`` / ``<T>_conf.txt``: the installed dockstring's, or the
+    dockstring wheel's unpacked into the cache (downloaded with pip if needed)."""
+    found = _installed_targets_dir()
+    if found is not None:
+        return found
+    root = cache_dir(f"dockstring-{DOCKSTRING_VERSION}")
+    out = root / "targets"
+    if out.is_dir() and any(out.glob("*_target.pdbqt")):
+        return out
+    if not download:
+        raise DomainError("docking receptors not found; run pip install 'svdd[molecules]' (installs dockstring)")
+    wheel = root / DOCKSTRING_WHEEL
+    if not wheel.exists():
+        with tempfile.TemporaryDirectory(dir=root) as tmp:
+            proc = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--quiet",
+                                   f"dockstring=={DOCKSTRING_VERSION}", "-d", tmp], capture_output=True, text=True)
+            got = Path(tmp) / DOCKSTRING_WHEEL
+            if proc.returncode != 0 or not got.exists():
+                raise DomainError("docking receptors not found and dockstring could not be downloaded; "
+                                  f"run pip install --no-deps dockstring=={DOCKSTRING_VERSION}")
+            os.replace(got, wheel)
+    if hashlib.sha256(wheel.read_bytes()).hexdigest() != DOCKSTRING_SHA256:
+        wheel.unlink()
+        raise DomainError(f"checksum mismatch for {DOCKSTRING_WHEEL}; retry (the file was removed)")
+    tmp_out = Path(tempfile.mkdtemp(dir=root))
+    with zipfile.ZipFile(wheel) as z:
+        for name in z.namelist():
+            if name.startswith("dockstring/resources/targets/") and not name.endswith("/"):
+                (tmp_out / Path(name).name).write_bytes(z.read(name))
+    os.replace(tmp_out, out)
+    return out
+
+
+def list_targets(download: bool = False) -> list[str]:
+    """Names of the available receptors (lower case), [] when none are available offline."""
+    try:
+        folder = targets_dir(download=download)
+    except DomainError:
+        return []
+    return sorted(p.name[: -len("_target.pdbqt")].lower() for p in folder.glob("*_target.pdbqt"))
+
+
+def read_box(target: str) -> tuple[Path, list[float], list[float]]:
+    """(receptor pdbqt, box centre, box size) for a target name (case-insensitive)."""
+    folder = targets_dir()
+    name = target.upper()
+    pdbqt, conf = folder / f"{name}_target.pdbqt", folder / f"{name}_conf.txt"
+    if not pdbqt.exists() or not conf.exists():
+        raise DomainError(f"unknown docking target {target!r}; choose one of {', '.join(list_targets())}")
+    values = {}
+    for line in conf.read_text().splitlines():
+        if "=" in line:
+            k, v = line.split("=", 1)
+            values[k.strip()] = float(v)
+    center = [values[f"center_{a}"] for a in "xyz"]
+    size = [values[f"size_{a}"] for a in "xyz"]
+    return pdbqt, center, size
+
+
+# -- one ligand (runs inside a worker process) ----------------------------------------------------
+def prepare_ligand(smiles: str, seed: int = 0) -> str:
+    """SMILES -> PDBQT string: protonate at pH 7.4 (Open Babel), embed in 3D (RDKit), meeko."""
+    from openbabel import pybel  # must be imported before vina in the same process
+    from rdkit import Chem
+    from rdkit.Chem import AllChem
+    from meeko import MoleculePreparation, PDBQTWriterLegacy
+
+    ob_mol = pybel.readstring("smi", smiles)
+    ob_mol.OBMol.AddHydrogens(False, True, 7.4)
+    protonated = ob_mol.write("can").split()[0]
+    mol = Chem.MolFromSmiles(protonated) or Chem.MolFromSmiles(smiles)
+    if mol is None:
+        raise ValueError("RDKit cannot parse the molecule")
+    mol = Chem.AddHs(mol)
+    params = AllChem.ETKDGv3()
+    params.randomSeed = seed
+    if AllChem.EmbedMolecule(mol, params) != 0:
+        params.useRandomCoords = True
+        if AllChem.EmbedMolecule(mol, params) != 0:
+            raise ValueError("3D embedding failed")
+    try:
+        AllChem.MMFFOptimizeMolecule(mol, maxIters=500)
+    except Exception:
+        pass
+    setups = MoleculePreparation().prepare(mol)
+    pdbqt, ok, err = PDBQTWriterLegacy.write_string(setups[0])
+    if not ok:
+        raise ValueError(f"meeko: {err.strip()}")
+    return pdbqt
+
+
+def _pose_molblock(pose_pdbqt: str) -> str:
+    from meeko import PDBQTMolecule, RDKitMolCreate
+    from rdkit import Chem
+
+    mols = RDKitMolCreate.from_pdbqt_mol(PDBQTMolecule(pose_pdbqt, skip_typing=True))
+    return Chem.MolToMolBlock(mols[0]) if mols and mols[0] is not None else ""
+
+
+def _worker_main(receptor: str, center, size, exhaustiveness: int, seed: int, tasks, results, wid: int = 0) -> None:
+    from openbabel import pybel  # noqa: F401  (import order: Open Babel before Vina, else Vina crashes)
+    from rdkit import RDLogger
+    import vina
+
+    RDLogger.DisableLog("rdApp.*")
+    v = vina.Vina(sf_name="vina", cpu=1, seed=seed, verbosity=0)
+    v.set_receptor(receptor)
+    v.compute_vina_maps(center=center, box_size=size)
+    results.put(("ready", wid, None, None))
+    while True:
+        task = tasks.get()
+        if task is None:
+            return
+        idx, smiles = task
+        try:
+            v.set_ligand_from_string(prepare_ligand(smiles, seed))
+            v.dock(exhaustiveness=exhaustiveness, n_poses=1)
+            score = float(v.energies(n_poses=1)[0][0])
+            try:
+                pose = _pose_molblock(v.poses(n_poses=1))
+            except Exception:
+                pose = ""
+            results.put((idx, score, pose, None))
+        except Exception as err:  # one ligand failing must not stop the worker
+            results.put((idx, None, None, f"{type(err).__name__}: {err}"[:300]))
+
+
+class DockingPool:
+    """``num_workers`` Vina processes for one receptor; ``dock(smiles_list)`` returns
+    ``[(score or None, pose molblock, error or None)]`` in order, each docking limited to ``timeout_s``."""
+
+    def __init__(self, target: str, *, exhaustiveness: int = 1, num_workers: Optional[int] = None,
+                 timeout_s: float = 120.0, seed: int = 0):
+        receptor, center, size = read_box(target)
+        self.args = (str(receptor), center, size, int(exhaustiveness), int(seed))
+        self.num_workers = int(num_workers or max(1, min(os.cpu_count() or 1, 8)))
+        self.timeout_s = float(timeout_s)
+        # fork (Linux) needs no __main__ guard in user scripts; workers never touch torch
+        self.ctx = mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
+        self.results = self.ctx.Queue()
+        self.workers: list = []  # [process, task queue, (idx, started) or None, ready, worker id]
+        self._next_id = 0
+
+    def _spawn(self):
+        tasks = self.ctx.Queue()
+        self._next_id += 1
+        proc = self.ctx.Process(target=_worker_main, args=(*self.args, tasks, self.results, self._next_id), daemon=True)
+        proc.start()
+        return [proc, tasks, None, False, self._next_id]
+
+    def _replace(self, w) -> None:
+        try:
+            w[0].kill()
+            w[0].join(5)
+        except Exception:
+            pass
+        self.workers[self.workers.index(w)] = self._spawn()
+
+    def dock(self, smiles: Sequence[str]) -> list[tuple[Optional[float], str, Optional[str]]]:
+        while len(self.workers) < self.num_workers:
+            self.workers.append(self._spawn())
+        out: list = [None] * len(smiles)
+        pending = list(range(len(smiles)))[::-1]
+        done = startup_deaths = 0
+        startup_deadline = time.time() + 120.0 + self.timeout_s
+        while done < len(smiles):
+            for w in self.workers:  # hand out work to ready, idle workers
+                if w[3] and w[2] is None and pending:
+                    i = pending.pop()
+                    w[1].put((i, smiles[i]))
+                    w[2] = (i, time.time())
+            try:
+                idx, score, pose, err = self.results.get(timeout=0.2)
+            except queue.Empty:
+                idx = None
+            if idx == "ready":
+                for w in self.workers:
+                    if w[4] == score:  # the worker id travels in the score slot
+                        w[3] = True
+            elif idx is not None:
+                for w in self.workers:
+                    if w[2] is not None and w[2][0] == idx:
+                        w[2] = None
+                if out[idx] is None:
+                    out[idx] = (score, pose or "", err)
+                    done += 1
+            now = time.time()
+            for w in list(self.workers):
+                busy = w[2]
+                if busy is not None and (now - busy[1] > self.timeout_s or not w[0].is_alive()):
+                    why = "timeout" if w[0].is_alive() else "worker died"
+                    if out[busy[0]] is None:
+                        out[busy[0]] = (None, "", f"{why} after {now - busy[1]:.0f}s")
+                        done += 1
+                    self._replace(w)
+                elif not w[3] and not w[0].is_alive():
+                    startup_deaths += 1
+                    self._replace(w)
+            if not any(w[3] for w in self.workers) and (now > startup_deadline or startup_deaths > 2 * self.num_workers):
+                raise DomainError("docking workers did not start; check that vina, meeko, gemmi and "
+                                  "openbabel-wheel are installed (pip install 'svdd[molecules]')")
+        return out
+
+    def close(self) -> None:
+        for w in self.workers:
+            try:
+                w[1].put(None)
+            except Exception:
+                pass
+        for w in self.workers:
+            w[0].join(2)
+            if w[0].is_alive():
+                w[0].kill()
+        self.workers = []
+
+
+# -- persistent cache ---------------------------------------------------------------------------------
+class DockingCache:
+    """SQLite table (key, smiles) -> (score, pose, error); ``key`` names target and settings."""
+
+    def __init__(self, path: Optional[Path] = None):
+        self.path = Path(path) if path else cache_dir("docking") / "vina.sqlite"
+        with self._connect() as db:
+            db.execute("CREATE TABLE IF NOT EXISTS docking (key TEXT, smiles TEXT, score REAL, pose TEXT, "
+                       "error TEXT, PRIMARY KEY (key, smiles))")
+
+    @contextlib.contextmanager
+    def _connect(self):
+        db = sqlite3.connect(self.path, timeout=30)
+        try:
+            with db:
+                yield db
+        finally:
+            db.close()
+
+    def get(self, key: str, smiles: Sequence[str]) -> dict:
+        found = {}
+        with self._connect() as db:
+            for i in range(0, len(smiles), 500):
+                chunk = list(smiles[i:i + 500])
+                q = f"SELECT smiles, score, pose, error FROM docking WHERE key=? AND smiles IN ({','.join('?' * len(chunk))})"
+                for s, score, pose, err in db.execute(q, [key, *chunk]):
+                    found[s] = (score, pose or "", err)
+        return found
+
+    def put(self, key: str, rows: dict) -> None:
+        with self._connect() as db:
+            db.executemany("INSERT OR REPLACE INTO docking VALUES (?, ?, ?, ?, ?)",
+                           [(key, s, sc, pose, err) for s, (sc, pose, err) in rows.items()])
+
+
+# -- the reward ------------------------------------------------------------------------------------------
+class DockingReward:
+    """``reward_fn(x0 tokens) -> max(−Vina score, 0)`` per molecule (NaN when invalid/failed)."""
+
+    differentiable = False
+    invalid_value = 0.0
+
+    def __init__(self, target: str, tokenizer=None, *, exhaustiveness: int = 1, num_workers: Optional[int] = None,
+                 timeout_s: float = 120.0, seed: int = 0, cache: bool = True, cache_path: Optional[Path] = None):
+        if not target:
+            raise DomainError(f"name a docking target, e.g. docking:parp1 (targets: {', '.join(list_targets())})")
+        if int(exhaustiveness) < 1:
+            raise DomainError(f"exhaustiveness must be >= 1, got {exhaustiveness}")
+        read_box(target)  # unknown target -> one-line error now, not in a worker
+        self.target = target.lower()
+        self.name = f"docking:{self.target}"
+        self.tokenizer = tokenizer
+        self.exhaustiveness = int(exhaustiveness)
+        self.num_workers = num_workers
+        self.timeout_s = float(timeout_s)
+        self.seed = int(seed)
+        self.key = f"vina1.2|{self.target}|ex{self.exhaustiveness}|seed{self.seed}|n_poses1"
+        self.cache = DockingCache(cache_path) if cache else None
+        self.memory: dict[str, tuple] = {}  # canonical SMILES -> (score, pose, error)
+        self.dockings = 0  # ligands actually docked (cache misses)
+        self.failures = 0
+        self.dock_time_s = 0.0
+        self._pool: Optional[DockingPool] = None
+        _ACTIVE.add(self)
+
+    @property
+    def pool(self) -> DockingPool:
+        if self._pool is None:
+            self._pool = DockingPool(self.target, exhaustiveness=self.exhaustiveness, num_workers=self.num_workers,
+                                     timeout_s=self.timeout_s, seed=self.seed)
+        return self._pool
+
+    def dock_smiles(self, smiles: Sequence[str]) -> list[tuple[Optional[float], str, Optional[str]]]:
+        """Raw Vina results ``(score kcal/mol or None, pose molblock, error)`` per SMILES."""
+        from .chem import canonical_smiles
+
+        canon = [canonical_smiles(s) for s in smiles]
+        todo = sorted({c for c in canon if c and c not in self.memory})
+        if todo and self.cache is not None:
+            self.memory.update(self.cache.get(self.key, todo))
+            todo = [c for c in todo if c not in self.memory]
+        if todo:
+            start = time.time()
+            results = self.pool.dock(todo)
+            self.dock_time_s += time.time() - start
+            self.dockings += len(todo)
+            fresh = dict(zip(todo, results))
+            self.failures += sum(1 for r in results if r[0] is None)
+            self.memory.update(fresh)
+            if self.cache is not None:  # timeouts are not cached (they may succeed with more time)
+                self.cache.put(self.key, {k: v for k, v in fresh.items() if not (v[2] or "").startswith("timeout")})
+        return [self.memory[c] if c else (None, "", "invalid molecule") for c in canon]
+
+    def score_smiles(self, smiles: Sequence[str]) -> list[float]:
+        """Reward max(−score, 0) per SMILES; NaN for invalid molecules and failed dockings."""
+        out = []
+        for score, _, _ in self.dock_smiles(smiles):
+            out.append(float("nan") if score is None or not math.isfinite(score) else max(-float(score), 0.0))
+        return out
+
+    def pose(self, smiles: str) -> Optional[str]:
+        from .chem import canonical_smiles
+
+        hit = self.memory.get(canonical_smiles(smiles) or "")
+        return hit[1] if hit and hit[1] else None
+
+    def __call__(self, x0: Tensor) -> Tensor:
+        if self.tokenizer is None:
+            raise DomainError("this docking reward has no tokenizer; use score_smiles(list_of_smiles)")
+        return torch.tensor(self.score_smiles(self.tokenizer.decode(x0)), dtype=torch.float32, device=x0.device)
+
+    def stats(self) -> dict:
+        return {"dockings": self.dockings, "docking_failures": self.failures, "docking_time_s": self.dock_time_s}
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    def __repr__(self) -> str:
+        return f"DockingReward({self.target!r}, exhaustiveness={self.exhaustiveness})"
+
+
+def active_docking_rewards() -> list[DockingReward]:
+    return list(_ACTIVE)
+
+
+@atexit.register
+def _close_all() -> None:
+    for r in list(_ACTIVE):
+        r.close()

@@ -1,0 +1,92 @@
+"""RNA domain: design 50-nt 5′ UTRs with high mean ribosome load (the SVDD paper's MRL task).
+
+Models ``utr-random`` / ``utr-genomic`` (masked diffusion, ``models.py``), rewards ``mrl``,
+``mrl-eval``, ``stability`` (``rewards.py``; the Optimus 5-Prime port is in ``oracle.py``),
+metrics ELBO, diversity, GC, uAUG count, MFE (``metrics.py``), FASTA with U or T.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from ..base import Domain, DomainError
+from . import metrics as _metrics
+from .models import MODEL_DESCRIPTIONS, MODEL_NAMES, available_models, load_utr_process
+from .oracle import ENV_VAR, Optimus5Prime, load_optimus, mrl_reward
+from .rewards import REWARDS
+from .tokens import ALPHABET, MASK_ID, SEQ_LEN, VOCAB_SIZE, decode, encode, one_hot
+
+
+def _decode(x0: Tensor) -> list[str]:
+    return decode(x0, rna=True)
+
+
+def _sample_columns(x0: Tensor, decoded: list[str], process=None, **_options) -> dict[str, list]:
+    cols = {"gc_content": [round(v, 4) for v in _metrics.gc_content(x0).tolist()],
+            "uaug_count": _metrics.uaug_count(x0).tolist()}
+    try:
+        cols["mfe"] = [round(v, 2) for v in _metrics.mfe(x0).tolist()]
+    except DomainError:
+        pass
+    return cols
+
+
+def _set_metrics(x0: Tensor, decoded: list[str], process=None, **_options) -> dict:
+    extra = {}
+    base = getattr(process, "process", process)
+    if "utr-genomic" in available_models() and getattr(base, "model_name", None) != "utr-genomic":
+        # naturalness under the DHS prior too, whatever model sampled
+        extra["genomic"] = load_utr_process("utr-genomic", device=str(getattr(base, "device", "cpu")))
+    return _metrics.sequence_metrics(x0.long(), process, extra_processes=extra)
+
+
+def write_fasta(path: Path, sequences: list[str], rewards: Optional[Tensor] = None, alphabet: str = "U") -> Path:
+    """Write ``sequences`` to FASTA with U (``alphabet="U"``, RNA) or T (``"T"``, DNA)."""
+    alphabet = alphabet.upper()
+    if alphabet not in ("U", "T"):
+        raise DomainError(f"FASTA alphabet must be 'U' (RNA) or 'T' (DNA), got {alphabet!r}")
+    path = Path(path)
+    lines = []
+    for i, s in enumerate(sequences):
+        s = s.upper().replace("T", "U") if alphabet == "U" else s.upper().replace("U", "T")
+        header = f">utr_{i}" + (f" reward={float(rewards[i]):.4f}" if rewards is not None else "")
+        lines += [header, s]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _write_files(out_dir: Path, x0: Tensor, decoded: list[str], rewards: Tensor, info: dict,
+                 alphabet: Optional[str] = None, **_options) -> list[Path]:
+    alphabet = alphabet or (info or {}).get("fasta_alphabet", "U")
+    return [write_fasta(Path(out_dir) / "samples.fasta", decoded, rewards, alphabet=alphabet)]
+
+
+def _model_loader(name: str):
+    def load(device: str = "cpu", **_options):
+        return load_utr_process(name, device=device)
+    load.__doc__ = MODEL_DESCRIPTIONS[name]
+    return load
+
+
+DOMAIN = Domain(
+    name="rna",
+    description="50-nt 5' UTRs with high mean ribosome load (Optimus 5-Prime predictors, Sample et al. 2019)",
+    models={name: _model_loader(name) for name in MODEL_NAMES},
+    default_model="utr-random",
+    rewards=REWARDS,
+    default_reward="mrl",
+    default_num_steps=50,
+    decode=_decode,
+    sample_columns=_sample_columns,
+    metrics=_set_metrics,
+    write_files=_write_files,
+    extra={"install": "rna", "evaluation_reward": "mrl-eval", "oracle_env": ENV_VAR,
+           "model_descriptions": MODEL_DESCRIPTIONS, "fasta_alphabets": ("U", "T")},
+)
+
+__all__ = ["DOMAIN", "ALPHABET", "MASK_ID", "SEQ_LEN", "VOCAB_SIZE", "Optimus5Prime", "decode", "encode",
+           "load_optimus", "load_utr_process", "mrl_reward", "one_hot", "write_fasta"]

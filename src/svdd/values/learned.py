@@ -1,0 +1,212 @@
+"""SVDD-MC value: a network ``f(x_t, t)`` fitted by Monte Carlo regression (SVDD Algorithm 3).
+
+Roll out the pretrained process S times, keep every intermediate state ``x_t^(s)`` and the
+reward of its final sample ``r(x0^(s))``, and minimise over f
+
+- ``loss="mse"`` (early paper, all public code): Σ_t Σ_s (r(x0^(s)) − f(x_t^(s), t))², so
+  f ≈ E[r(x0) | x_t] — the large-alpha (Jensen) approximation of the soft value;
+- ``loss="exp"`` (final paper): Σ_t Σ_s (exp(r/α) − exp(f/α))², so exp(f/α) ≈ E[exp(r/α)|x_t]
+  and f approximates the soft value itself (computed with a shift c = max r for stability).
+
+``fit_value`` returns the value *and its cost* (denoiser nfe and reward calls of the rollouts,
+wall time), so SVDD-MC can be charged for its training honestly. Networks are time-conditioned.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+from torch import Tensor, nn
+
+from ..nn.denoisers import timestep_embedding
+
+
+class TokenValueNet(nn.Module):
+    """Tokens (mask included) + time -> scalar: small transformer, mean pooling."""
+
+    def __init__(self, vocab_size: int, seq_len: int, dim: int = 128, depth: int = 2, heads: int = 4):
+        super().__init__()
+        self.config = dict(vocab_size=vocab_size, seq_len=seq_len, dim=dim, depth=depth, heads=heads)
+        self.embed = nn.Embedding(vocab_size, dim)
+        self.pos = nn.Parameter(torch.randn(1, seq_len, dim) * 0.02)
+        self.time = nn.Sequential(nn.Linear(dim, dim), nn.SiLU(), nn.Linear(dim, dim))
+        layer = nn.TransformerEncoderLayer(dim, heads, 4 * dim, dropout=0.0, activation="gelu",
+                                           batch_first=True, norm_first=True)
+        self.encoder = nn.TransformerEncoder(layer, depth, enable_nested_tensor=False)
+        self.head = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, 1))
+
+    def forward(self, x: Tensor, t: Tensor) -> Tensor:
+        h = self.embed(x.long()) + self.pos[:, : x.shape[1]] + self.time(timestep_embedding(t, self.pos.shape[-1]))[:, None]
+        return self.head(self.encoder(h).mean(1)).squeeze(-1)
+
+
+class VectorValueNet(nn.Module):
+    """Continuous states of any shape (flattened) + time -> scalar: an MLP."""
+
+    def __init__(self, input_dim: int, hidden: int = 128, depth: int = 3):
+        super().__init__()
+        self.config = dict(input_dim=input_dim, hidden=hidden, depth=depth)
+        self.time_dim = 32
+        layers, d = [], input_dim + self.time_dim
+        for _ in range(depth):
+            layers += [nn.Linear(d, hidden), nn.SiLU()]
+            d = hidden
+        self.net = nn.Sequential(*layers, nn.Linear(d, 1))
+
+    def forward(self, x: Tensor, t: Tensor) -> Tensor:
+        h = torch.cat([x.flatten(1).float(), timestep_embedding(t, self.time_dim)], dim=1)
+        return self.net(h).squeeze(-1)
+
+
+class ImageValueNet(nn.Module):
+    """(C, H, W) states + time -> scalar: three conv blocks, time added after the first,
+    global average pooling (like the SVDD compressibility value net)."""
+
+    def __init__(self, channels: int, width: int = 32):
+        super().__init__()
+        self.config = dict(channels=channels, width=width)
+        self.c1 = nn.Sequential(nn.Conv2d(channels, width, 3, padding=1), nn.SiLU())
+        self.time = nn.Linear(64, width)
+        self.c2 = nn.Sequential(nn.Conv2d(width, 2 * width, 3, stride=2, padding=1), nn.SiLU(),
+                                nn.Conv2d(2 * width, 2 * width, 3, padding=1), nn.SiLU())
+        self.head = nn.Linear(2 * width, 1)
+
+    def forward(self, x: Tensor, t: Tensor) -> Tensor:
+        h = self.c1(x.float()) + self.time(timestep_embedding(t, 64))[:, :, None, None]
+        return self.head(self.c2(h).mean((2, 3))).squeeze(-1)
+
+
+VALUE_NETWORKS: dict[str, type] = {c.__name__: c for c in (TokenValueNet, VectorValueNet, ImageValueNet)}
+
+
+def register_value_network(cls: type) -> type:
+    """Make a custom value network class loadable by ``load_value`` (it needs ``.config``)."""
+    VALUE_NETWORKS[cls.__name__] = cls
+    return cls
+
+
+def default_network(process) -> nn.Module:
+    if process.kind == "masked":
+        return TokenValueNet(process.vocab_size, process.seq_len)
+    shape = process.sample_shape
+    if len(shape) == 3:
+        return ImageValueNet(shape[0])
+    return VectorValueNet(int(math.prod(shape)))
+
+
+class LearnedValue(nn.Module):
+    """``value_fn(x_t, t) -> (B,)`` = f(x_t, t/time_scale)·std + mean (targets standardised)."""
+
+    def __init__(self, network: nn.Module, time_scale: float = 1.0, target_mean: float = 0.0, target_std: float = 1.0,
+                 meta: Optional[dict] = None):
+        super().__init__()
+        self.network = network
+        self.time_scale = float(time_scale)
+        self.register_buffer("target_mean", torch.tensor(float(target_mean)))
+        self.register_buffer("target_std", torch.tensor(float(target_std)))
+        self.meta = dict(meta or {})
+        self.differentiable = True
+
+    def forward(self, x_t: Tensor, t) -> Tensor:
+        device = self.target_mean.device
+        t = torch.as_tensor(t, dtype=torch.float32, device=device)
+        if t.dim() == 0:
+            t = t.expand(x_t.shape[0])
+        out = self.network(x_t.to(device), t / self.time_scale)
+        return (out * self.target_std + self.target_mean).to(torch.float32)
+
+    def save(self, path: str | Path) -> None:
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        meta = {"network": type(self.network).__name__, "config": self.network.config, "time_scale": self.time_scale,
+                **self.meta}
+        (path / "value.json").write_text(json.dumps(meta, indent=2, default=float))
+        save_file({k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}, str(path / "value.safetensors"))
+
+
+def load_value(path: str | Path, device: str | torch.device = "cpu") -> LearnedValue:
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not (path / "value.json").exists():
+        raise FileNotFoundError(f"no fitted value at {path} (expected value.json; create one with `svdd fit-value`)")
+    meta = json.loads((path / "value.json").read_text())
+    if meta["network"] not in VALUE_NETWORKS:
+        raise ValueError(f"unknown value network {meta['network']!r}; import the module that registers it first")
+    net = VALUE_NETWORKS[meta["network"]](**meta["config"])
+    extra = {k: v for k, v in meta.items() if k not in ("network", "config", "time_scale")}
+    value = LearnedValue(net, meta["time_scale"], meta=extra)
+    value.load_state_dict(load_file(str(path / "value.safetensors")))
+    return value.to(device).eval()
+
+
+def fit_value(process, reward_fn, *, num_rollouts: int = 256, num_steps: int = 50, network: Optional[nn.Module] = None,
+              train_steps: int = 1000, batch_size: int = 256, lr: float = 1e-3, loss: str = "mse", alpha: float = 1.0,
+              generator: Optional[torch.Generator] = None, device=None, rollout_batch_size: int = 256,
+              log: Optional[Callable[[str], None]] = None, progress: bool = False):
+    """Fit an SVDD-MC value on pretrained rollouts. Returns ``(LearnedValue, cost)`` with
+    ``cost = {nfe, reward_calls, wall_time_s, num_rollouts, num_states, train_steps, final_loss}``."""
+    from ..algorithms._common import Run
+    from ..algorithms.ancestral import rollout
+
+    if loss not in ("mse", "exp"):
+        raise ValueError("loss must be 'mse' or 'exp'")
+    start = time.perf_counter()
+    run = Run(process, reward_fn)
+    states, times, targets = [], [], []
+    iterator = range(0, num_rollouts, rollout_batch_size)
+    if progress:
+        from tqdm.auto import tqdm
+
+        iterator = tqdm(iterator, desc="value rollouts", unit="batch")
+    with torch.no_grad():
+        for i in iterator:
+            n = min(rollout_batch_size, num_rollouts - i)
+            x0, traj = rollout(run, n, num_steps, generator, record_states=True)
+            r = run.reward(x0).float().cpu()
+            for t, x in traj:
+                states.append(x.cpu())
+                times.append(torch.full((n,), float(t)))
+                targets.append(r)
+    X, T, R = torch.cat(states), torch.cat(times), torch.cat(targets)
+    time_scale = float(process.timesteps(1)[0])  # t of pure noise: 1 (masked) or T (gaussian)
+    mean, std = float(R.mean()), float(R.std().clamp_min(1e-6)) if R.numel() > 1 else 1.0
+    network = network if network is not None else default_network(process)
+    value = LearnedValue(network, time_scale, mean, std, meta={"loss": loss, "alpha": alpha, "num_steps": num_steps})
+    device = torch.device(device) if device is not None else getattr(process, "device", torch.device("cpu"))
+    value.to(device).train()
+    opt = torch.optim.AdamW(value.parameters(), lr=lr, weight_decay=0.0)
+    cpu_gen = torch.Generator().manual_seed(int(torch.randint(0, 2**31, (1,), generator=generator).item())
+                                            if generator is not None and generator.device.type == "cpu" else 0)
+    shift = float(R.max())
+    final = float("nan")
+    for step in range(train_steps):
+        idx = torch.randint(0, X.shape[0], (min(batch_size, X.shape[0]),), generator=cpu_gen)
+        x, t, r = X[idx].to(device), T[idx].to(device), R[idx].to(device)
+        f = value(x, t)
+        if loss == "mse":
+            err = ((f - r) / std).pow(2).mean()
+        else:
+            err = (torch.exp((r - shift) / alpha) - torch.exp((f - shift) / alpha)).pow(2).mean()
+        opt.zero_grad(set_to_none=True)
+        err.backward()
+        torch.nn.utils.clip_grad_norm_(value.parameters(), 1.0)
+        for g in opt.param_groups:
+            g["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / max(train_steps, 1)))
+        opt.step()
+        final = float(err.detach())
+        if log and (step + 1) % max(train_steps // 10, 1) == 0:
+            log(f"fit_value step {step + 1}/{train_steps} loss={final:.4g}")
+    value.eval()
+    cost = {"nfe": run.process.nfe, "reward_calls": run.reward.calls, "wall_time_s": time.perf_counter() - start,
+            "num_rollouts": num_rollouts, "num_states": int(X.shape[0]), "train_steps": train_steps,
+            "final_loss": final, "loss": loss}
+    value.meta["cost"] = cost
+    return value, cost

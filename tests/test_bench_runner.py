@@ -1,0 +1,162 @@
+"""Benchmark runner: budget matching (nfe within 10 % of the budget), resume, suite files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from svdd import ALGORITHMS
+from svdd.bench import (COST_MODELS, BenchError, exact_reference, load_suite, match_budget, plan_cells,
+                        read_runs, run_suite, solve_knob)
+from svdd.testing import GaussianMixtureToy, MaskedToy
+
+torch.set_num_threads(1)
+BENCH_DIR = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def _suite(**over):
+    base = {"name": "unit", "domain": "toy-gaussian", "num_steps": 10, "num_samples": 8, "seeds": [0, 1],
+            "alpha": 1.0, "budget": {"nfe": 40},
+            "methods": [{"method": "ancestral"}, {"method": "best-of-n"}, {"method": "svdd-pm"}]}
+    base.update(over)
+    return base
+
+
+def test_solve_knob_picks_the_closest_integer():
+    assert solve_knob(lambda k: 10 * k, 400) == 40
+    assert solve_knob(lambda k: 1 + 9 * k, 400) == 44          # 397 beats 406
+    assert solve_knob(lambda k: 10 * k, 3) == 1                 # below the smallest cost: k = 1
+
+
+@pytest.mark.parametrize("algorithm", ["best-of-n", "svdd-pm", "svdd-r"])
+@pytest.mark.parametrize("num_steps,budget", [(10, 40), (10, 95), (25, 400), (50, 800)])
+def test_formula_prediction_within_10_percent(algorithm, num_steps, budget):
+    m = match_budget(algorithm, {"nfe": budget}, num_steps, {"alpha": 0.0}, kind="gaussian")
+    assert m["knob"] == ALGORITHMS[algorithm].budget_knob
+    assert abs(m["predicted"] / budget - 1) <= 0.10
+
+
+def test_budget_matcher_actual_nfe_within_10_percent(tmp_path):
+    # every registered knob algorithm with a cost formula, run for real on the Gaussian toy
+    methods = [{"method": name} for name, spec in ALGORITHMS.items()
+               if spec.budget_knob and name in COST_MODELS and "gaussian" in spec.kinds]
+    methods = [m if m["method"] != "svdd-mc" else {"method": "svdd-mc", "value": "exact"} for m in methods]
+    assert {m["method"] for m in methods} >= {"best-of-n", "svdd-pm", "svdd-mc", "svdd-r"}
+    suite = _suite(methods=methods, budgets=[{"nfe": 50}, {"nfe": 130}], seeds=[0], num_samples=6)
+    rows = read_runs(run_suite(suite, tmp_path, progress=False))
+    assert len(rows) == 2 * len(methods) and all(r["status"] == "ok" for r in rows)
+    for r in rows:
+        target = r["budget"]["nfe"]
+        actual = (r["counters"]["nfe"] + r["counters"].get("value_calls", 0)) / r["num_samples"]
+        assert abs(actual / target - 1) <= 0.10, (r["variant"], actual, target)
+        assert r["within_budget"] is True
+        assert r["predicted"]["cost_per_sample"] == pytest.approx(r["actual"]["cost_per_sample"], rel=1e-6)
+
+
+def test_calibration_meets_budget_without_a_formula(tmp_path, monkeypatch):
+    monkeypatch.delitem(COST_MODELS, "best-of-n")
+    suite = _suite(methods=[{"method": "best-of-n"}], budget={"nfe": 70}, seeds=[0])
+    rows = read_runs(run_suite(suite, tmp_path, progress=False))
+    (r,) = rows
+    assert r["knob_source"] == "calibration" and r["knob_value"] == 7
+    assert abs(r["actual"]["nfe_per_sample"] / 70 - 1) <= 0.10 and r["within_budget"]
+    cal = json.loads((tmp_path / "calibration.json").read_text())
+    assert len(cal) == 1 and next(iter(cal.values()))["cost"]["runs"] >= 1
+
+
+def test_reward_call_budget(tmp_path):
+    suite = _suite(methods=[{"method": "best-of-n"}], budget={"reward_calls": 6}, seeds=[0])
+    (r,) = read_runs(run_suite(suite, tmp_path, progress=False))
+    assert r["knob_value"] == 6 and r["actual"]["reward_calls_per_sample"] == 6
+
+
+def test_resume_skips_finished_cells(tmp_path, monkeypatch):
+    suite = _suite()
+    path = run_suite(suite, tmp_path, progress=False)
+    first = read_runs(path)
+    assert len(first) == len(plan_cells(load_suite(suite))) == 6
+    # simulate a run killed after two cells, mid-way through writing the third line
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join(lines[:2]) + "\n" + lines[2][: len(lines[2]) // 2])
+    import svdd
+
+    calls = []
+    real = svdd.sample
+    monkeypatch.setattr(svdd, "sample", lambda *a, **k: calls.append(k["method"]) or real(*a, **k))
+    run_suite(suite, tmp_path, progress=False)
+    rows = read_runs(path)
+    assert len(calls) == 4                                      # only the four unfinished cells ran
+    assert sorted(r["cell"] for r in rows) == sorted(r["cell"] for r in first)
+    assert rows[:2] == first[:2]                                # finished lines untouched
+    # identical seeds reproduce identical samples
+    by_cell = {r["cell"]: r["rewards"] for r in first}
+    assert all(by_cell[r["cell"]] == r["rewards"] for r in rows)
+    calls.clear()
+    run_suite(suite, tmp_path, progress=False)                  # nothing left to do
+    assert calls == []
+    with pytest.raises(BenchError, match="--resume"):
+        run_suite(suite, tmp_path, resume=False, progress=False)
+
+
+def test_unsupported_cells_are_recorded_not_run(tmp_path):
+    suite = _suite(methods=[{"method": "svdd-mc"}], seeds=[0])
+    (r,) = read_runs(run_suite(suite, tmp_path, progress=False))
+    assert r["status"] == "unsupported" and "value" in r["reason"]
+
+
+def test_suite_errors_are_one_line():
+    with pytest.raises(BenchError, match="no hyperparameter 'num_particle'"):
+        plan_cells(load_suite(_suite(methods=[{"method": "best-of-n", "num_particle": 3}])))
+    with pytest.raises(BenchError, match="unknown suite keys"):
+        load_suite(_suite(budjet={"nfe": 3}))
+    with pytest.raises(BenchError, match="not found"):
+        load_suite("/nonexistent/suite.yaml")
+
+
+def test_alpha_and_sweeps_expand():
+    suite = load_suite(_suite(methods=[{"method": "best-of-n"}, {"method": "svdd-pm", "sweep": {"alpha": [0.5, 2]}}],
+                              seeds=[0]))
+    cells = plan_cells(suite)
+    variants = {c["variant"]["variant"]: c["variant"] for c in cells}
+    assert set(variants) == {"best-of-n", "svdd-pm[alpha=0.5]", "svdd-pm[alpha=2]"}
+    assert "alpha" not in variants["best-of-n"]["params"]
+    assert variants["svdd-pm[alpha=2]"]["params"]["alpha"] == 2.0
+
+
+def test_exact_reference_matches_the_toys():
+    toy = GaussianMixtureToy.default()
+    ref = exact_reference(toy, 1.0, 100)
+    assert ref["target"]["mean"] == pytest.approx(toy.reward_mean(1.0))
+    assert ref["pretrained"]["mean"] == pytest.approx(toy.reward_mean(None))
+    means, stds, weights = toy.tilted(1.0)
+    g = torch.Generator().manual_seed(0)
+    comp = torch.multinomial(weights, 200_000, replacement=True, generator=g)
+    draws = means[comp, 0] + stds[comp] * torch.randn(200_000, generator=g, dtype=torch.float64)
+    assert ref["target"]["median"] == pytest.approx(float(draws.median()), abs=0.02)
+    assert ref["target"]["top10"] == pytest.approx(float(draws.quantile(0.9)), abs=0.02)
+    masked = MaskedToy()
+    mref = exact_reference(masked, 0.5, 8)
+    p = masked.tilted(0.5, 8)
+    assert mref["target"]["mean"] == pytest.approx(float((p * masked.reward_table).sum()))
+
+
+@pytest.mark.parametrize("path", sorted(BENCH_DIR.glob("*.yaml")), ids=lambda p: p.name)
+def test_committed_suites_parse(path):
+    import yaml
+
+    raw = yaml.safe_load(path.read_text())
+    variants = [False] + ([True] if raw.get("quick") else [])
+    if not path.stem.endswith("-quick"):
+        assert raw.get("hardware"), "full suites state their hardware"
+        assert raw.get("quick") or (path.parent / f"{path.stem}-quick.yaml").exists(), "every suite has a quick variant"
+    for quick in variants:
+        suite = load_suite(path, quick=quick)
+        assert suite["methods"] and suite["seeds"]
+        if str(suite["domain"]).startswith("toy"):
+            assert plan_cells(suite)
+    if not raw.get("quick"):
+        with pytest.raises(BenchError, match="no 'quick:'"):
+            load_suite(path, quick=True)
