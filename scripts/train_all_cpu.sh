@@ -21,16 +21,20 @@ job() {  # job DOMAIN ARGS...
     "$dest" "$LOGS/$d.log" > "scripts/gpu/$d.DONE"
 }
 
-(
-  job molecules --data .gpu-data/molecules --dim 128 --depth 4 --heads 4 --batch-size 128 --time-budget 1800 \
-      --num-samples 10000 --sample-steps 32 --threads 1
+lane_a() (
+  job molecules --data .gpu-data/molecules --dim 128 --depth 4 --heads 4 --batch-size 96 --num-steps 800 \
+      --time-budget 2100 --num-samples 2000 --sample-steps 32 --threads 1
   job rna --data .gpu-data/rna --time-budget 900 --num-random 200000 --value-rollouts 1024 --value-train-steps 1000 \
       --eval-samples 128
-) &
-(
+)
+lane_b() (
   job images --data .gpu-data/images --time-budget 500 --classifier-epochs 20 --value --value-rollouts 512 \
       --value-num-steps 50 --value-train-steps 1000
   job dna --data .gpu-data/dna --diffusion-budget 1200 --oracle-budget 240 --deadline 2400 --num-samples 256 \
       --check-samples 64 --check-candidates 4 --value-rollouts 256 --value-train-steps 500
-) &
-wait
+)
+case "${1:-all}" in
+  a) lane_a ;;
+  b) lane_b ;;
+  *) lane_a & lane_b & wait ;;
+esac

@@ -39,6 +39,23 @@ from svdd.process import MaskedProcess  # noqa: E402
 
 T0 = time.time()
 
+# Model sizes and batch sizes per machine. The CPU profile (one thread, ~20 minutes) trades
+# width for optimiser steps; both are recorded in train.json and in the saved configs.
+PROFILES = {
+    "gpu": dict(denoiser=dict(dim=128, kernel_size=9, dilations=(1, 2, 4, 8, 16, 1, 2, 4, 8, 16), dropout=0.1),
+                oracle=dict(dim=128, dilations=(1, 2, 4, 1, 2, 4)),
+                value=dict(dim=96, dilations=(1, 2, 4, 8, 16, 1, 2, 4)),
+                batch_size=512, oracle_batch_size=256, value_batch_size=512, probe_steps=40,
+                nelbo_t_samples=8, valid_size=1024, value_check_rollouts=512),
+    "cpu": dict(denoiser=dict(dim=64, kernel_size=5, dilations=(1, 2, 4, 8, 16, 32, 64, 1), dropout=0.0),
+                oracle=dict(dim=64, dilations=(1, 2, 4, 1)), value=dict(dim=32, dilations=(1, 2, 4, 8, 16, 1)),
+                batch_size=64, oracle_batch_size=64, value_batch_size=128, probe_steps=5,
+                nelbo_t_samples=4, valid_size=512, value_check_rollouts=128),
+    "tiny": dict(denoiser=dict(dim=32, dilations=(1, 2, 4)), oracle=dict(dim=32, dilations=(1, 2)),
+                 value=dict(dim=16, dilations=(1, 2)), batch_size=64, oracle_batch_size=64, value_batch_size=64,
+                 probe_steps=3, nelbo_t_samples=2, valid_size=64, value_check_rollouts=64),
+}
+
 
 def log(msg: str) -> None:
     print(f"[{time.time() - T0:7.1f}s] {msg}", flush=True)
@@ -83,8 +100,10 @@ def main(argv=None) -> None:
     ap.add_argument("--diffusion-budget", type=float, default=180.0, help="seconds")
     ap.add_argument("--diffusion-steps", type=int, default=None, help="fix the step count (else from a timing probe)")
     ap.add_argument("--max-diffusion-steps", type=int, default=60000)
-    ap.add_argument("--batch-size", type=int, default=512)
-    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--profile", choices=sorted(PROFILES), default=None,
+                    help="model/batch sizes (default: gpu on CUDA, cpu otherwise, tiny with --tiny)")
+    ap.add_argument("--batch-size", type=int, default=None)
+    ap.add_argument("--lr", type=float, default=None, help="default 1e-3 (gpu) / 2e-3 (cpu)")
     ap.add_argument("--num-steps", type=int, default=128, help="sampling steps")
     ap.add_argument("--num-samples", type=int, default=1024)
     ap.add_argument("--check-samples", type=int, default=256)
@@ -103,9 +122,13 @@ def main(argv=None) -> None:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     device = torch.device(args.device)
+    prof_name = args.profile or ("tiny" if args.tiny else "gpu" if device.type == "cuda" else "cpu")
+    prof = PROFILES[prof_name]
+    args.batch_size = args.batch_size or prof["batch_size"]
+    args.lr = args.lr or (1e-3 if prof_name == "gpu" else 2e-3)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    report: dict = {"args": vars(args), "torch": torch.__version__, "device": str(device),
+    report: dict = {"args": vars(args), "profile": prof_name, "torch": torch.__version__, "device": str(device),
                     "device_name": torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu"}
 
     def dump():
@@ -125,14 +148,14 @@ def main(argv=None) -> None:
         halves = {k: sub(v) for k, v in halves.items()}
     log(f"data: {len(tokens)} sequences; " + ", ".join(f"{k}={int(v.sum())}" for k, v in {**masks, **halves}.items()))
     report["data"] = {k: int(v.sum()) for k, v in {**masks, **halves}.items()}
-    oracle_kwargs = dict(dim=32, dilations=(1, 2)) if args.tiny else {}
 
     # 1. oracles ---------------------------------------------------------------------------------
     oracles, report["oracles"] = {}, {}
     for i, (which, m) in enumerate(halves.items()):
         model, hist = train_oracle(tokens[m], cell[m], tokens[masks["validation"]], cell[masks["validation"]],
                                    epochs=2 if args.tiny else args.oracle_epochs, seed=args.seed + i,
-                                   device=device, time_budget_s=args.oracle_budget, model_kwargs=oracle_kwargs,
+                                   batch_size=prof["oracle_batch_size"], device=device,
+                                   time_budget_s=args.oracle_budget, model_kwargs=prof["oracle"],
                                    log=lambda s, w=which: log(f"{w} {s}"))
         other = halves["evaluation" if which == "guidance" else "guidance"]
         res = {"history": hist, "test_chr1": evaluate_oracle(model, tokens[masks["test"]], cell[masks["test"]]),
@@ -149,9 +172,9 @@ def main(argv=None) -> None:
     dump()
 
     # 2. diffusion model -------------------------------------------------------------------------
-    model_kwargs = dict(dim=32, dilations=(1, 2, 4)) if args.tiny else {}
+    model_kwargs = prof["denoiser"]
     train_x = tokens[masks["training"]]
-    valid_x = tokens[masks["validation"]][:1024]
+    valid_x = tokens[masks["validation"]][:prof["valid_size"]]
 
     def new_process():
         torch.manual_seed(args.seed)
@@ -164,7 +187,7 @@ def main(argv=None) -> None:
         if args.tiny:
             steps = 30
         else:  # timing probe on a throwaway model: pick the step count that fits the budget
-            probe_steps = 40
+            probe_steps = prof["probe_steps"]
             t0 = time.time()
             train_masked_diffusion(new_process(), train_x, num_steps=probe_steps, batch_size=args.batch_size,
                                    warmup=10, eval_every=10**9, log=lambda s: None, amp=amp)
@@ -187,9 +210,10 @@ def main(argv=None) -> None:
     proc = MaskedProcess(ema, D.SEQ_LEN, D.VOCAB_SIZE, D.MASK_ID, "loglinear", device=device)
     gen = torch.Generator(device=device).manual_seed(args.seed)
     with torch.no_grad():
-        for name in ("test", "validation"):
+        for name in ("test",) if prof_name != "gpu" else ("test", "validation"):
             x = tokens[masks[name]].to(device)
-            nelbo = torch.cat([proc.nelbo(x[i:i + 1024], num_t_samples=8, generator=gen) for i in range(0, len(x), 1024)])
+            nelbo = torch.cat([proc.nelbo(x[i:i + 1024], num_t_samples=prof["nelbo_t_samples"], generator=gen)
+                               for i in range(0, len(x), 1024)])
             report["diffusion"][f"nelbo_{name}"] = {"per_sequence": float(nelbo.mean()), "per_bp": float(nelbo.mean()) / D.SEQ_LEN,
                                                      "hepg2_per_sequence": float(nelbo[cell[masks[name]] == D.HEPG2].mean())}
     log(f"diffusion: {report['diffusion'].get('nelbo_test')}")
@@ -235,18 +259,19 @@ def main(argv=None) -> None:
 
         register_value_network(ValueNetwork)
         torch.manual_seed(args.seed)
-        net = ValueNetwork(**(dict(dim=16, dilations=(1, 2)) if args.tiny else {}))
+        net = ValueNetwork(**prof["value"])
         value, cost = fit_value(proc, rewards["guidance"], num_rollouts=32 if args.tiny else args.value_rollouts,
                                 num_steps=n_steps, network=net, train_steps=20 if args.tiny else args.value_train_steps,
-                                batch_size=512, lr=1e-3, loss="mse", generator=torch.Generator().manual_seed(args.seed),
-                                device=device, rollout_batch_size=512, log=lambda s: log(s))
+                                batch_size=prof["value_batch_size"], lr=1e-3, loss="mse",
+                                generator=torch.Generator().manual_seed(args.seed), device=device,
+                                rollout_batch_size=512, log=lambda s: log(s))
         # quality: Pearson r between v(x_t, t) and r(x0) on fresh rollouts, per time
         from svdd.algorithms._common import Run
         from svdd.algorithms.ancestral import rollout
 
         run = Run(proc, rewards["guidance"])
         with torch.no_grad():
-            x0, traj = rollout(run, 64 if args.tiny else 512, n_steps, torch.Generator(device=device).manual_seed(args.seed + 7),
+            x0, traj = rollout(run, prof["value_check_rollouts"], n_steps, torch.Generator(device=device).manual_seed(args.seed + 7),
                                record_states=True)
             r = rewards["guidance"](x0).float()
             corr = {}

@@ -265,16 +265,21 @@ def random_shift(x: torch.Tensor, generator: torch.Generator, max_shift: int = 1
     return flat.gather(2, idx.flatten(1)[:, None, :].expand(-1, flat.shape[1], -1)).view_as(x)
 
 
-def train_ddpm(x, *, device, time_budget, max_steps, batch_size, lr, seed, log):
+def train_ddpm(x, *, device, time_budget, max_steps, batch_size, lr, seed, log, init=None, warmup=100):
     gen = torch.Generator(device=device).manual_seed(seed)
     torch.manual_seed(seed)
-    model = DiffusersUNet2D().to(device)
+    model = DiffusersUNet2D()
+    if init is not None:  # continue from a saved pipeline folder (e.g. a short CPU run)
+        from safetensors.torch import load_file
+
+        model.load_state_dict(load_file(str(Path(init) / "unet" / "diffusion_pytorch_model.safetensors")))
+        log(f"ddpm initialised from {init}")
+    model = model.to(device)
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     ab = cosine_alphas_cumprod(SCHEDULER_CONFIG["num_train_timesteps"]).to(device)
     T = ab.numel()
     start, step, losses = time.time(), 0, []
-    warmup = 500
     while step < max_steps and time.time() - start < time_budget:
         idx = torch.randint(0, x.shape[0], (batch_size,), generator=gen, device=device)
         x0 = random_shift(x[idx], gen)
@@ -297,7 +302,7 @@ def train_ddpm(x, *, device, time_budget, max_steps, batch_size, lr, seed, log):
                 pe.lerp_(pm, 1 - decay)
         losses.append(loss.item())
         step += 1
-        if step % 1000 == 0 or step == 1:
+        if step % 200 == 0 or step == 1:
             log(f"ddpm step {step} loss {sum(losses[-1000:]) / len(losses[-1000:]):.4f} "
                 f"elapsed {time.time() - start:.0f}s")
     return ema, {"steps": step, "final_loss_mean_last_1000": sum(losses[-1000:]) / max(len(losses[-1000:]), 1),
@@ -395,19 +400,22 @@ def main(argv=None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--time-budget", type=float, default=300.0, help="seconds for the DDPM")
     p.add_argument("--max-steps", type=int, default=60000)
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--batch-size", type=int, default=None, help="default 256 on GPU, 64 on CPU")
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--classifier-epochs", type=int, default=60)
     p.add_argument("--value", action="store_true", help="also fit the SVDD-MC value network")
     p.add_argument("--value-rollouts", type=int, default=2048)
     p.add_argument("--value-num-steps", type=int, default=50)
     p.add_argument("--value-train-steps", type=int, default=3000)
+    p.add_argument("--init", default=None, help="continue training from this digits-ddpm folder")
     p.add_argument("--smoke", action="store_true", help="tiny sizes for a CPU check")
     args = p.parse_args(argv)
     if args.smoke:
         args.max_steps, args.batch_size, args.classifier_epochs = 3, 8, 1
         args.value_rollouts, args.value_num_steps, args.value_train_steps = 8, 3, 3
     device = torch.device(args.device)
+    if args.batch_size is None:
+        args.batch_size = 256 if device.type == "cuda" else 64
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     logf = open(out / "train.log", "a")
@@ -438,7 +446,7 @@ def main(argv=None) -> None:
     # 1. DDPM on splits A + B
     train_x = x[split != 2]
     ema, report["ddpm"] = train_ddpm(train_x, device=device, time_budget=args.time_budget, max_steps=args.max_steps,
-                                     batch_size=args.batch_size, lr=args.lr, seed=args.seed, log=log)
+                                     batch_size=args.batch_size, lr=args.lr, seed=args.seed, log=log, init=args.init)
     report["ddpm"]["eval_eps_mse_heldout"] = ddpm_eval_loss(ema, x[test], device=device, seed=args.seed)
     report["ddpm"]["num_parameters"] = sum(p.numel() for p in ema.parameters())
     write_ddpm_pipeline(ema, out / "digits-ddpm", dtype=torch.float32)

@@ -43,15 +43,15 @@ def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def calibrate_steps(process, data, batch_size, amp, seconds, n=30):
+def calibrate_steps(process, data, batch_size, amp, seconds, n=10):
     """Time ``n`` training steps on a throwaway copy of the model; return steps per second."""
     model = copy.deepcopy(process.model).train()
     proc = MaskedProcess(model, process.seq_len, process.vocab_size, process.mask_id, device=process.device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     gen = torch.Generator(device=process.device).manual_seed(123)
     x0 = data[:batch_size].to(process.device)
-    for i in range(n + 5):
-        if i == 5:
+    for i in range(n + 2):
+        if i == 2:
             if process.device.type == "cuda":
                 torch.cuda.synchronize()
             start = time.time()

@@ -45,11 +45,13 @@ def test_smc_pm_value_masked_moves_towards_target():
 
 def test_smc_exact_value_reproduces_gaussian_tilted_moments():
     """Mean and second moment of the SMC output within 4 SE of the exact tilted mixture; SE
-    from 6 independent runs (resampling correlates particles, so per-particle SEs are wrong)."""
-    toy, alpha, K = GaussianMixtureToy.default(), 1.0, 200
+    from 6 independent runs (resampling correlates particles, so per-particle SEs are wrong).
+    K = 1000: SMC targets the K-step model's own tilted law, whose mean at K = 200 is 1.326
+    (SNIS over 200k ancestral samples) instead of the continuous-time 1.348; at K = 1000, 1.345."""
+    toy, alpha, K = GaussianMixtureToy.default(), 1.0, 1000
     means, seconds = [], []
     for seed in range(6):
-        res = svdd.sample(toy.process(), toy.reward, method="smc", num_samples=2000, num_steps=K, alpha=alpha,
+        res = svdd.sample(toy.process(), toy.reward, method="smc", num_samples=1000, num_steps=K, alpha=alpha,
                           value_fn=toy.soft_value(alpha), final="weighted", ess_threshold=0.5,
                           resample="systematic", generator=_gen(10 + seed))
         w = res.log_weights.exp()
@@ -59,8 +61,8 @@ def test_smc_exact_value_reproduces_gaussian_tilted_moments():
     exact_mean = toy.reward_mean(alpha)
     exact_second = toy.reward_variance(alpha) + exact_mean ** 2
     se_m, se_s = float(m.std() / math.sqrt(6)), float(s2.std() / math.sqrt(6))
-    assert abs(float(m.mean()) - exact_mean) <= 4 * se_m + 0.01, (float(m.mean()), exact_mean, se_m)
-    assert abs(float(s2.mean()) - exact_second) <= 4 * se_s + 0.02, (float(s2.mean()), exact_second, se_s)
+    assert abs(float(m.mean()) - exact_mean) <= 4 * se_m + 0.005, (float(m.mean()), exact_mean, se_m)
+    assert abs(float(s2.mean()) - exact_second) <= 4 * se_s + 0.01, (float(s2.mean()), exact_second, se_s)
     # and far from the pretrained mean (-0.6)
     assert float(m.mean()) > 1.0
 

@@ -28,7 +28,7 @@ def _row(variant, seed, rewards, *, algorithm=None, alpha=None, budget_index=0, 
                        "value_calls_per_sample": 0.0, "grad_passes_per_sample": 0.0},
             "budget_error": None if natural else nfe / 40 - 1,
             "timings": {"sample_s": 1.5}, "value_training": value_training, "rewards": list(map(float, rewards)),
-            "eval_rewards": {}, "metrics": metrics or {}, "reference": None, **extra}
+            "eval_rewards": extra.pop("eval_rewards", {}), "metrics": metrics or {}, "reference": None, **extra}
 
 
 def _table(md: str, title_part: str) -> dict[str, dict[str, str]]:
@@ -54,6 +54,7 @@ def fake_dir(tmp_path):
         _row("ancestral", 1, [1, 2, 3, 4, 5], nfe=10.0),
         _row("best-of-n", 0, [3, 4, 5, 6, 7]),
         _row("best-of-n", 1, [5, 6, 7, 8, 9], nfe=50.0, metrics={"diversity": 0.5}),
+        _row("random-search", 0, [1, 1, 1, 1, 1], eval_rewards={"held-out": [0.0, 1.0, 2.0, 3.0, 4.0]}),
         _row("svdd-pm", 0, [10] * 5, alpha=0.0, metrics={"diversity": 0.2}),
         _row("svdd-mc", 0, [8] * 5, alpha=1.0, value_training=vt),
         _row("svdd-mc", 1, [8] * 5, alpha=1.0, value_training=vt),
@@ -69,7 +70,10 @@ def test_report_table_from_fake_runs(fake_dir):
     md = build_report(fake_dir, figures=True)
     assert (fake_dir / "report.md").read_text() == md
     t = _table(md, "budget: nfe 40")
-    assert list(t) == ["ancestral", "best-of-n", "svdd-mc", "svdd-pm"]     # pretrained first, then by method
+    assert list(t) == ["ancestral", "best-of-n", "random-search", "svdd-mc", "svdd-pm"]  # pretrained first
+    # an evaluation oracle scored on the same samples gets its own columns
+    assert t["random-search"]["eval held-out: median [95% CI]"].startswith("2.00 [")
+    assert t["random-search"]["eval held-out: top-10%"] == "3.60" and t["best-of-n"]["eval held-out: top-10%"] == "–"
     # pooled over seeds: best-of-n = [3..7] + [5..9] -> median 6, 0.9-quantile 8.1
     assert t["best-of-n"]["median [95% CI]"].startswith("6.00 [")
     assert t["best-of-n"]["top-10% [95% CI]"].startswith("8.10 [")

@@ -173,7 +173,7 @@ def test_train_oracle_learns_a_planted_motif():
     pos = torch.rand(512, generator=g) < 0.4
     y[pos] = D.HEPG2
     x[pos, 90:102] = site
-    model, hist = train_oracle(x[:384], y[:384], x[384:], y[384:], epochs=12, batch_size=32, lr=3e-3,
+    model, hist = train_oracle(x[:384], y[:384], x[384:], y[384:], epochs=12, batch_size=32, lr=3e-3, evals=12,
                                model_kwargs=dict(dim=16, dilations=(1,)), log=lambda s: None)
     assert len(hist) == 12 and hist[-1]["train_loss"] < hist[0]["train_loss"]
     with torch.no_grad():

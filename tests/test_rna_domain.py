@@ -28,6 +28,15 @@ needs_oracle = pytest.mark.skipif(not (UTR_DIR / "evolution_model.hdf5").exists(
 DOMAIN = get_domain("rna")
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Small tensors: one thread is faster than two on a shared CPU."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
 def tiny_process(seed: int = 0) -> MaskedProcess:
     torch.manual_seed(seed)
     model = MaskedTransformer(VOCAB_SIZE, SEQ_LEN, dim=32, depth=1, heads=2).eval()
@@ -52,7 +61,7 @@ def test_domain_lists_models_and_rewards():
 def test_uaug_gc_and_diversity():
     x = encode(["ATG" + "C" * 44 + "ATG", "A" * 50, "ATGATG" + "G" * 44])
     assert M.uaug_count(x).tolist() == [2, 0, 2]
-    assert torch.allclose(M.gc_content(x), torch.tensor([44 / 50, 0.0, 45 / 50]))
+    assert torch.allclose(M.gc_content(x), torch.tensor([46 / 50, 0.0, 46 / 50]))
     assert M.pairwise_diversity(x[[1, 1, 1]]) == 0.0
     # brute force on random sequences: 1 − mean pairwise identity, ≈ 3/4 for uniform letters
     r = torch.randint(0, 4, (40, 50), generator=torch.Generator().manual_seed(0))
@@ -109,15 +118,19 @@ def test_fasta_u_or_t_and_sample_columns(tmp_path):
     assert dna.read_text().splitlines()[3] == "T" * 50
     with pytest.raises(DomainError, match="alphabet"):
         DOMAIN.write_files(tmp_path, x, decoded, None, {}, alphabet="X")
-    cols = DOMAIN.sample_columns(x, decoded, None)
-    assert cols["uaug_count"] == [0, 0] and cols["gc_content"][1] == 0.0
+    cols = DOMAIN.sample_columns(x, decoded, None, oracle_dir=str(tmp_path / "no-oracle"))
+    assert cols["uaug_count"] == [0, 0] and cols["gc_content"][1] == 0.0 and "mrl_eval" not in cols
+    if (UTR_DIR / "retrained_evolution_model.hdf5").exists():
+        cols = DOMAIN.sample_columns(x, decoded, None, oracle_dir=str(UTR_DIR))
+        expected = DOMAIN.make_reward("mrl-eval", oracle_dir=str(UTR_DIR))(x)
+        assert torch.allclose(torch.tensor(cols["mrl_eval"]), expected, atol=1e-4)
 
 
 def test_set_metrics_with_a_tiny_model():
     proc = tiny_process()
-    x = torch.randint(0, 4, (16, 50), generator=torch.Generator().manual_seed(3))
+    x = torch.randint(0, 4, (12, 50), generator=torch.Generator().manual_seed(3))
     m = DOMAIN.metrics(x, DOMAIN.decode(x), proc)
-    assert m["num_sequences"] == 16 and m["uniqueness"] == 1.0
+    assert m["num_sequences"] == 12 and m["uniqueness"] == 1.0
     assert 0.6 < m["diversity"] < 0.9 and m["elbo_mean"] < 0
     assert 0 <= m["uaug_free_fraction"] <= 1
 
@@ -140,10 +153,10 @@ def test_load_process_from_model_dir(monkeypatch, tmp_path):
 def test_svdd_pm_beats_ancestral_on_mrl_with_a_tiny_model():
     proc = tiny_process(1)
     reward = DOMAIN.make_reward("mrl", oracle_dir=str(UTR_DIR))
-    kw = dict(num_samples=24, num_steps=10)
+    kw = dict(num_samples=16, num_steps=8)
     base = svdd.sample(proc, reward, method="ancestral", generator=torch.Generator().manual_seed(0), **kw)
-    pm = svdd.sample(proc, reward, method="svdd-pm", num_candidates=8, generator=torch.Generator().manual_seed(0), **kw)
-    assert pm.x0.shape == (24, 50) and int(pm.x0.max()) < 4  # clean sequences, no mask left
+    pm = svdd.sample(proc, reward, method="svdd-pm", num_candidates=4, generator=torch.Generator().manual_seed(0), **kw)
+    assert pm.x0.shape == (16, 50) and int(pm.x0.max()) < 4  # clean sequences, no mask left
     assert float(pm.rewards.median()) > float(base.rewards.median()) + 0.3
     assert torch.allclose(pm.rewards, reward(pm.x0))
 
@@ -175,3 +188,47 @@ def test_shipped_models_sample_clean_sequences(name):
                       generator=torch.Generator().manual_seed(0))
     assert int(res.x0.max()) < 4 and res.x0.shape == (32, 50)
     assert M.pairwise_diversity(res.x0) > 0.5
+
+
+def test_value_network_fits_saves_and_loads(tmp_path):
+    from svdd.values import fit_value, load_value
+
+    proc = tiny_process(2)
+    net = DOMAIN.extra["value_network"](proc)
+    reward = lambda x: M.gc_content(x)  # noqa: E731  (cheap, position-free target)
+    value, cost = fit_value(proc, reward, num_rollouts=16, num_steps=5, network=net, train_steps=60, batch_size=32,
+                            lr=3e-3, generator=torch.Generator().manual_seed(0))
+    assert cost["nfe"] == 16 * 5 and cost["reward_calls"] == 16
+    value.save(tmp_path / "v")
+    loaded = load_value(tmp_path / "v")
+    assert type(loaded.network).__name__ == "UTRValueNet"
+    x = torch.randint(0, 5, (8, 50), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.allclose(loaded(x, torch.full((8,), 0.3)), value(x, torch.full((8,), 0.3)), atol=1e-5)
+    # near t = 0 the fitted value must track the reward it was regressed on
+    clean = torch.randint(0, 4, (64, 50), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        v = loaded(clean, torch.zeros(64))
+    assert torch.corrcoef(torch.stack([v, reward(clean)]))[0, 1] > 0.3
+    res = svdd.sample(proc, reward, method="svdd-mc", value_fn=loaded, num_samples=4, num_steps=5, num_candidates=2,
+                      generator=torch.Generator().manual_seed(0))
+    assert res.x0.shape == (4, 50) and int(res.x0.max()) < 4
+
+
+def test_shipped_dhs_windows():
+    w = rdata.dhs_test_windows()
+    assert w.shape == (512, 50) and int(w.max()) <= 3
+    cg = ((w[:, :-1] == 1) & (w[:, 1:] == 2)).float().mean()
+    assert cg < 0.04  # CpG depletion of genomic DNA (1/16 = 0.0625 if letters were independent)
+
+
+@pytest.mark.skipif(not {"utr-random", "utr-genomic"} <= set(available_models()),
+                    reason="trained UTR weights not installed (scripts/gpu/rna.sh)")
+def test_shipped_models_likelihoods():
+    dhs = rdata.dhs_test_windows()[:256]
+    rnd = torch.randint(0, 4, (256, 50), generator=torch.Generator().manual_seed(0))
+    uniform, genomic = load_utr_process("utr-random"), load_utr_process("utr-genomic")
+    # the uniform-data model sits at the uniform log-likelihood on anything
+    assert abs(float(M.elbo(uniform, rnd, num_t_samples=4).mean()) - M.UNIFORM_LOG_LIKELIHOOD) < 1.5
+    # the DHS model prefers held-out DHS windows to random sequences
+    assert float(M.elbo(genomic, dhs, num_t_samples=4).mean()) > float(M.elbo(genomic, rnd, num_t_samples=4).mean()) + 1.0

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+import torch
+
 from .algorithms import ALGORITHMS, AlgorithmError, get_algorithm
 from .process import GaussianProcess, MaskedProcess, from_diffusers
 from .types import SampleResult, StepInfo
@@ -24,7 +26,11 @@ def sample(process, reward_fn, method: str = "svdd-pm", **kwargs) -> SampleResul
         raise AlgorithmError(f"{method} needs a differentiable reward; use svdd-pm, smc or dno (hybrid) instead")
     if spec.needs_value and kwargs.get("value_fn") is None:
         raise AlgorithmError(f"{method} needs value_fn=...; fit one with svdd.values.fit_value or use svdd-pm")
-    return spec.fn(process, reward_fn, **{**spec.defaults, **kwargs})
+    grad_enabled = torch.is_grad_enabled()
+    try:
+        return spec.fn(process, reward_fn, **{**spec.defaults, **kwargs})
+    finally:  # restore grad mode even when an algorithm raises mid-run
+        torch.set_grad_enabled(grad_enabled)
 
 
 def from_pipeline(*args, **kwargs):

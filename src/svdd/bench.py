@@ -166,7 +166,7 @@ def _weights(suite: dict) -> tuple:
     return (float(suite.get("value_call_cost", 1.0)), float(suite.get("grad_pass_cost", 0.0)))
 
 
-def solve_knob(predict: Callable[[int], float], target: float, max_knob: int = 4096) -> int:
+def solve_knob(predict: Callable[[int], float], target: float, max_knob: int = 2 ** 20) -> int:
     """Smallest-error integer ``k >= 1`` for a cost ``predict(k)`` that grows with k."""
     lo, hi = 1, 1
     while predict(hi) < target and hi < max_knob:
@@ -182,7 +182,7 @@ def solve_knob(predict: Callable[[int], float], target: float, max_knob: int = 4
 
 def match_budget(algorithm: str, budget: dict, num_steps: int, params: Optional[dict] = None, *,
                  kind: str = "gaussian", value_call_cost: float = 1.0, grad_pass_cost: float = 0.0,
-                 max_knob: int = 4096) -> dict:
+                 max_knob: int = 2 ** 20) -> dict:
     """Knob value from the cost formula alone: ``{"knob", "value", "predicted", "exact"}``.
     ``value`` is None for methods without a knob or without a formula (then calibrate)."""
     from .algorithms import get_algorithm
@@ -467,6 +467,11 @@ def _json_default(o):
     return repr(o)
 
 
+def _short(v: float) -> float:
+    """7 significant digits (float32 precision) keep runs.jsonl small."""
+    return float(f"{float(v):.7g}")
+
+
 def _scalars(d: dict) -> dict:
     out = {}
     for k, v in (d or {}).items():
@@ -654,7 +659,7 @@ def _calibrate(ctx: _Context, variant: dict, reward_name, budget: dict, guess: O
     vcc = _weights(suite)
     n = int(suite.get("calibration_samples") or suite["num_samples"])
     max_runs = int(suite.get("calibration_runs", 4))
-    max_knob = int(suite.get("max_knob", 4096))
+    max_knob = int(suite.get("max_knob", 2 ** 20))
     points: dict[int, float] = {}
     spent = {"nfe": 0.0, "reward_calls": 0.0, "value_calls": 0.0, "wall_time_s": 0.0, "runs": 0}
     k = max(1, int(guess or 1))
@@ -706,7 +711,7 @@ def _knob_for(ctx: _Context, variant: dict, reward_name, budget: Optional[dict],
             pred = _measured(c, measure, vcc)
         return {"value": fixed, "predicted": pred, "source": "fixed" if fixed is not None else "natural"}
     m = match_budget(variant["algorithm"], budget, ctx.num_steps, cparams, kind=ctx.kind, value_call_cost=vcc[0],
-                     grad_pass_cost=vcc[1], max_knob=int(suite.get("max_knob", 4096)))
+                     grad_pass_cost=vcc[1], max_knob=int(suite.get("max_knob", 2 ** 20)))
     mode = variant.get("calibrate", suite.get("calibrate", "auto"))
     need = mode is True or (mode in ("auto", None) and (m["value"] is None or not m["exact"]))
     if not need:
@@ -835,7 +840,7 @@ def run_suite(suite_path, out_dir, *, resume: bool = True, quick: bool = False, 
             ev_spec = suite["eval_rewards"]
             for ev in (ev_spec.get(reward_name, []) if isinstance(ev_spec, dict) else ev_spec):
                 r_eval = ctx.reward(ev)
-                evals[ev] = [float(v) for v in torch.as_tensor(r_eval(result.x0)).detach().cpu().reshape(-1)]
+                evals[ev] = [_short(v) for v in torch.as_tensor(r_eval(result.x0)).detach().cpu().reshape(-1).tolist()]
             metrics_s = time.perf_counter() - t1
         except (BenchError, KeyboardInterrupt):
             raise
@@ -874,7 +879,7 @@ def run_suite(suite_path, out_dir, *, resume: bool = True, quick: bool = False, 
                "timings": {"sample_s": sample_s, "algorithm_wall_time_s": float(info.get("wall_time_s", sample_s)),
                            "metrics_s": metrics_s},
                "value_training": value_info,
-               "rewards": [float(v) for v in result.rewards.detach().cpu().reshape(-1)],
+               "rewards": [_short(v) for v in result.rewards.detach().cpu().reshape(-1).tolist()],
                "eval_rewards": evals, "metrics": metrics, "notes": notes,
                "info": _scalars({k: v for k, v in info.items() if k not in ("nfe", "reward_calls", "value_calls",
                                                                               "grad_passes", "wall_time_s")}),

@@ -24,6 +24,7 @@ import torch
 
 from . import __version__
 from .algorithms import ALGORITHMS, AlgorithmError, get_algorithm
+from .bench import BenchError
 from .domains import DOMAIN_MODULES, DomainError, get_domain
 from .rewards.base import RewardError, as_reward
 
@@ -32,7 +33,7 @@ class UserError(Exception):
     pass
 
 
-USER_ERRORS = (UserError, DomainError, AlgorithmError, RewardError)
+USER_ERRORS = (UserError, DomainError, AlgorithmError, RewardError, BenchError)
 
 
 # ------------------------------------------------------------------------------------------------

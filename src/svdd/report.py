@@ -347,6 +347,14 @@ def _plt():
     return plt
 
 
+def _log_x(ax) -> None:
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+
+
 def _safe(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in str(name))
 
@@ -371,7 +379,7 @@ def _figures(reward: str, tables: list[tuple], fig_dir: Path, refs: list[dict]) 
         for ref in refs:
             ax.axhline(ref["median"], ls="--" if ref["key"] == "target" else ":", color="k" if ref["key"] == "target" else "gray",
                        lw=1, label=ref["label"] + " (median)")
-        ax.set_xscale("log")
+        _log_x(ax)
         ax.set_xlabel("cost per final sample (nfe + value calls, log scale)")
         ax.set_ylabel(f"median reward ({reward})")
         ax.grid(alpha=0.3, which="both")
@@ -416,7 +424,7 @@ def _figures(reward: str, tables: list[tuple], fig_dir: Path, refs: list[dict]) 
                         if s.get("reference") and "target" in s["reference"]})
         if exact:
             ax.plot(*zip(*exact), "k--", lw=1, label="exact target E[r] under p·exp(r/α)")
-        ax.set_xscale("log")
+        _log_x(ax)
         ax.set_xlabel("α (log scale)")
         ax.set_ylabel(f"mean reward ({reward})")
         ax.grid(alpha=0.3, which="both")

@@ -85,11 +85,14 @@ class NoiseSampler:
         u = torch.special.ndtr(z_k.to(torch.float64)).clamp(1e-300, 1.0)
         return trans.sample(noise=u)
 
-    def decode(self, z: list) -> Tensor:
+    def decode(self, z: list, report: bool = False) -> Tensor:
+        """x0 = M(z); ``report=True`` calls the run's callback after every step."""
         n = next(s for s in z if s is not None).shape[0]
         x = self.start(z, n)
         for k in range(self.num_steps):
             x = self.step(x, k, z[k + 1])
+            if report:
+                self.run.step_done(k, self.ts[k], self.ts[k + 1], x, None)
         return x
 
 
@@ -120,7 +123,7 @@ def random_search(process, reward_fn, *, num_samples, num_steps, num_candidates=
     ns = NoiseSampler(run, num_steps)
     N = num_candidates
     z = ns.draw(num_samples * N, generator)            # row i*N + j: candidate j of sample i
-    x0 = ns.decode(z)
+    x0 = ns.decode(z, report=True)
     r = run.reward(x0).view(num_samples, N)
     best = r.argmax(1)
     keep = torch.arange(num_samples, device=best.device) * N + best
@@ -140,6 +143,9 @@ def zero_order_search(process, reward_fn, *, num_samples, num_steps, num_candida
     run = Run(process, reward_fn, max_batch_size=max_batch_size, callback=callback)
     torch.set_grad_enabled(False)
     ns = NoiseSampler(run, num_steps)
+    if sum(math.prod(s) for a, s in zip(ns.active, ns.slot_shapes) if a) < 2:
+        raise AlgorithmError("zero-order-search needs at least 2 noise dimensions (a neighbour at a fixed "
+                             "cosine of a 1-D noise is the noise itself); use random-search")
     B = num_samples
     pivot = pivot_r = None
     best_x = best_r = None

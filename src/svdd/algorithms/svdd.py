@@ -57,8 +57,12 @@ def svdd_loop(process, reward_fn, *, num_samples, num_steps, num_candidates=8, a
     dedup = deduplicate and proc.kind == "masked"
     n_replace = int(math.floor(replace_fraction * N))
     alpha_r = alpha if alpha_resample is None else float(alpha_resample)
-    torch.set_grad_enabled(False)
+    with torch.no_grad():
+        x, chosen = _loop(run, proc, value_fn, pm, dedup, N, M, num_steps, alpha, n_replace, alpha_r, generator)
+    return run.result(x, chosen, None, num_candidates=M, alpha=alpha)
 
+
+def _loop(run, proc, value_fn, pm, dedup, N, M, num_steps, alpha, n_replace, alpha_r, generator):
     ts = proc.timesteps(num_steps)
     x = proc.prior(N, generator)
     x0_hat = proc.predict_x0(x, ts[0])
@@ -107,7 +111,7 @@ def svdd_loop(process, reward_fn, *, num_samples, num_steps, num_candidates=8, a
             x[worst], x0_hat[worst], chosen[worst] = x[src], x0_hat[src], chosen[src]
         run.record(value_mean=chosen.float().mean(), unique_children=(uniq.shape[0] / children.shape[0]))
         run.step_done(k, t, t_next, x, x0_hat, values=values, selected=idx)
-    return run.result(x, chosen, None, num_candidates=M, alpha=alpha)
+    return x, chosen
 
 
 @register("svdd-pm", budget_knob="num_candidates", defaults={"value_fn": None})

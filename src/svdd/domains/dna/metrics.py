@@ -8,7 +8,8 @@
 - k-mer spectra (k = 3, 6): Jensen–Shannon divergence and Pearson r between the generated
   set's spectrum and that of real HepG2-specific DHS (training chromosomes). Spectra of small
   sets are noisy, so ``kmer{k}_js_real_baseline`` gives the divergence of an equally large set of
-  real HepG2 DHS (chr1, never trained on) from the same reference.
+  real HepG2 DHS (chr1, never trained on) from the same reference; ``kmer{k}_js_all_dhs`` compares
+  with the DHS of all four cell types (what the unconditional model was trained on).
 - motif enrichment for the HepG2 factors: mean hits per sequence, and
   ``log2((hits + ε) / (hits of real non-HepG2 DHS + ε))``; the same for real HepG2 DHS (chr1) is
   the baseline a good generator of HepG2 enhancers should approach.
@@ -69,6 +70,7 @@ def kmer_metrics(x0: Tensor, ks=(3, 6), reference: str = "hepg2", generator: Opt
         out[f"kmer{k}_js"] = js_divergence(p, q)
         out[f"kmer{k}_pearson"] = pearson(p, q)
         out[f"kmer{k}_js_real_baseline"] = js_divergence(spectrum(base, k), q)
+        out[f"kmer{k}_js_all_dhs"] = js_divergence(p, spectrum(ref[f"all_k{k}"]))
     return out
 
 

@@ -105,9 +105,13 @@ class ActivityOracle(nn.Module):
         h = self.trunk(h, torch.zeros(()))
         return self.head(torch.cat([h.mean(dim=1), h.amax(dim=1)], dim=-1))
 
-    def forward(self, x: Tensor) -> Tensor:
-        """``x``: one-hot ``(B, L, 4)`` float (or tokens ``(B, L)``) -> class logits ``(B, C)``."""
+    def forward(self, x: Tensor, symmetric: bool = True) -> Tensor:
+        """``x``: one-hot ``(B, L, 4)`` float (or tokens ``(B, L)``) -> class logits ``(B, C)``,
+        averaged over both strands (``symmetric=False``: the given strand only, for training
+        with random reverse-complement augmentation at half the cost)."""
         x = one_hot(x) if not x.is_floating_point() else x[..., :4]
+        if not symmetric:
+            return self._forward_strand(x)
         return 0.5 * (self._forward_strand(x) + self._forward_strand(x.flip(1).flip(2)))
 
     def log_odds(self, x: Tensor, target: int) -> Tensor:
@@ -120,8 +124,8 @@ class ActivityOracle(nn.Module):
 class ValueNetwork(nn.Module):
     """Time-conditioned f(x_t, t) -> (B,) for SVDD-MC on masked DNA states."""
 
-    def __init__(self, vocab_size: int = VOCAB_SIZE, dim: int = 96, kernel_size: int = 9,
-                 dilations: tuple[int, ...] = (1, 2, 4, 8, 16, 1, 2, 4), dropout: float = 0.0):
+    def __init__(self, vocab_size: int = VOCAB_SIZE, dim: int = 32, kernel_size: int = 9,
+                 dilations: tuple[int, ...] = (1, 2, 4, 8, 16, 1), dropout: float = 0.0):
         super().__init__()
         self.config = dict(vocab_size=vocab_size, dim=dim, kernel_size=kernel_size, dilations=list(dilations),
                            dropout=dropout)

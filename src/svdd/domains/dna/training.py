@@ -2,7 +2,8 @@
 ``svdd.nn.train_masked_diffusion``).
 
 An oracle is a 4-way cell-type classifier (``ActivityOracle``) trained by cross-entropy with
-AdamW on the sequences of one chromosome half; the epoch with the lowest validation (chr2)
+AdamW on the sequences of one chromosome half, each batch on a random strand (the model
+averages both strands at prediction time); the epoch with the lowest validation (chr2)
 loss is kept. It is scored on held-out chromosomes by the AUROC of its HepG2 log-odds for
 "HepG2-specific vs. other DHS" and by 4-way accuracy. ``auroc`` is the Mann–Whitney statistic
 (ties count ½), so no scikit-learn is needed on the training machine.
@@ -69,10 +70,13 @@ def evaluate_oracle(model: ActivityOracle, tokens: Tensor, cell_type: Tensor, ta
 def train_oracle(tokens: Tensor, cell_type: Tensor, valid_tokens: Tensor, valid_cell_type: Tensor, *,
                  epochs: int = 12, batch_size: int = 256, lr: float = 2e-3, weight_decay: float = 1e-2,
                  seed: int = 0, device: str | torch.device = "cpu", time_budget_s: Optional[float] = None,
-                 model_kwargs: Optional[dict] = None, log: Callable[[str], None] = print
+                 model_kwargs: Optional[dict] = None, evals: int = 8, log: Callable[[str], None] = print
                  ) -> tuple[ActivityOracle, list[dict]]:
     """Train an ``ActivityOracle`` on ``tokens (N, L)`` with labels ``cell_type (N,)``; returns the
-    best-validation-loss model (eval mode) and the per-epoch history."""
+    best-validation-loss model (eval mode) and the history (``evals`` validation points).
+
+    With ``time_budget_s`` the step count is fixed after 20 timed steps to what fits the budget
+    (``min(epochs · N / batch_size, budget / time per step)``), so the cosine schedule completes."""
     device = torch.device(device)
     torch.manual_seed(seed)  # parameter initialisation only; batches use their own generator
     model = ActivityOracle(**(model_kwargs or {})).to(device)
@@ -83,33 +87,41 @@ def train_oracle(tokens: Tensor, cell_type: Tensor, valid_tokens: Tensor, valid_
     total = epochs * steps_per_epoch
     warmup = max(1, min(100, total // 10))
     x_all, y_all = tokens.to(device), cell_type.long().to(device)
-    best, best_loss, history, step, start = None, float("inf"), [], 0, time.time()
-    for epoch in range(1, epochs + 1):
+    best, best_loss, history, start = None, float("inf"), [], time.time()
+    perm, pos, run_loss, run_n, step = torch.randperm(n, generator=gen).to(device), 0, 0.0, 0, 0
+    eval_every = max(1, total // max(evals, 1))
+    while step < total:
         model.train()
-        perm = torch.randperm(n, generator=gen).to(device)
-        run_loss = 0.0
-        for i in range(steps_per_epoch):
-            idx = perm[i * batch_size:(i + 1) * batch_size]
-            lr_now = lr * min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * step / total))
-            for g in opt.param_groups:
-                g["lr"] = lr_now
-            loss = F.cross_entropy(model(one_hot(x_all[idx])), y_all[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            run_loss += float(loss.detach())
-            step += 1
-        valid = evaluate_oracle(model, valid_tokens, valid_cell_type)
-        rec = {"epoch": epoch, "train_loss": run_loss / steps_per_epoch, "valid_loss": valid["cross_entropy"],
-               "valid_auroc": valid["auroc_hepg2_vs_rest"], "valid_acc": valid["accuracy_4way"],
-               "elapsed_s": round(time.time() - start, 1)}
-        history.append(rec)
-        log("oracle " + " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in rec.items()))
-        if valid["cross_entropy"] < best_loss:
-            best_loss, best = valid["cross_entropy"], copy.deepcopy(model.state_dict())
-        if time_budget_s is not None and time.time() - start > time_budget_s:
-            log(f"oracle time budget reached after epoch {epoch}")
-            break
+        if pos >= n:
+            perm, pos = torch.randperm(n, generator=gen).to(device), 0
+        idx = perm[pos:pos + batch_size]
+        pos += batch_size
+        lr_now = lr * min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * step / total))
+        for g in opt.param_groups:
+            g["lr"] = lr_now
+        xb = one_hot(x_all[idx])
+        flip = (torch.rand(len(idx), generator=gen) < 0.5).to(device)        # random strand
+        xb = torch.where(flip[:, None, None], xb.flip(1).flip(2), xb)
+        loss = F.cross_entropy(model(xb, symmetric=False), y_all[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        run_loss, run_n, step = run_loss + float(loss.detach()), run_n + 1, step + 1
+        if step == min(20, total) and time_budget_s is not None:
+            per_step = (time.time() - start) / step
+            total = max(step, min(total, int(time_budget_s / per_step)))
+            eval_every = max(1, total // max(evals, 1))
+            log(f"oracle: {per_step * 1000:.0f} ms/step -> {total} steps ({total / steps_per_epoch:.1f} epochs)")
+        if step == total or step % eval_every == 0:
+            valid = evaluate_oracle(model, valid_tokens, valid_cell_type)
+            rec = {"step": step, "epoch": round(step / steps_per_epoch, 2), "train_loss": run_loss / run_n,
+                   "valid_loss": valid["cross_entropy"], "valid_auroc": valid["auroc_hepg2_vs_rest"],
+                   "valid_acc": valid["accuracy_4way"], "elapsed_s": round(time.time() - start, 1)}
+            run_loss, run_n = 0.0, 0
+            history.append(rec)
+            log("oracle " + " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in rec.items()))
+            if valid["cross_entropy"] < best_loss:
+                best_loss, best = valid["cross_entropy"], copy.deepcopy(model.state_dict())
     model.load_state_dict(best)
     return model.eval(), history

@@ -146,14 +146,31 @@ def _property_factory(name: str):
 
 
 def _docking_factory(arg: Optional[str] = None, tokenizer: Optional[SelfiesTokenizer] = None, *,
-                     exhaustiveness: int = 1, num_workers: Optional[int] = None, timeout_s: float = 120.0,
-                     docking_seed: int = 0, **_):
+                     exhaustiveness: Optional[int] = None, num_workers: Optional[int] = None,
+                     timeout_s: Optional[float] = None, docking_seed: int = 0, **_):
+    """``docking:<target>``; settings from keyword options, else the environment variables
+    ``SVDD_DOCKING_EXHAUSTIVENESS`` (default 1), ``SVDD_DOCKING_WORKERS`` (default: CPU count, at
+    most 8) and ``SVDD_DOCKING_TIMEOUT`` (seconds per ligand, default 120)."""
+    import os
+
     from .docking import DockingReward, list_targets
 
     if not arg:
         raise DomainError(f"name a docking target, e.g. docking:parp1 (targets: {', '.join(list_targets())})")
-    return DockingReward(arg, tokenizer or load_tokenizer(), exhaustiveness=exhaustiveness, num_workers=num_workers,
-                         timeout_s=timeout_s, seed=docking_seed)
+
+    def env(name, cast, default):
+        raw = os.environ.get(name)
+        if raw is None:
+            return default
+        try:
+            return cast(raw)
+        except ValueError:
+            raise DomainError(f"{name}={raw!r} is not a valid {cast.__name__}") from None
+
+    return DockingReward(arg, tokenizer or load_tokenizer(),
+                         exhaustiveness=exhaustiveness or env("SVDD_DOCKING_EXHAUSTIVENESS", int, 1),
+                         num_workers=num_workers or env("SVDD_DOCKING_WORKERS", int, None),
+                         timeout_s=timeout_s or env("SVDD_DOCKING_TIMEOUT", float, 120.0), seed=docking_seed)
 
 
 def _docking_description() -> str:

@@ -4,7 +4,7 @@ reward = max(−DS, 0) where DS is Vina's best binding score (kcal/mol, lower = 
 molecule docked into a prepared receptor; invalid molecules and failed or timed-out dockings
 get NaN, which the library maps to the invalid value 0 (as the SVDD paper).
 
-Pipeline per ligand: Open Babel protonation at pH 7.4 -> RDKit ETKDG 3D embedding (seeded) +
+Pipeline per ligand: Open Babel (``obabel -p 7.4``) protonation -> RDKit ETKDG 3D embedding (seeded) +
 MMFF -> meeko PDBQT -> ``Vina.dock(exhaustiveness, n_poses=1)``. Receptors and boxes are
 dockstring's 58 prepared targets (``dockstring/resources/targets/<T>_target.pdbqt`` and
 ``<T>_conf.txt``), read from an installed ``dockstring`` (never imported) or from its wheel
@@ -27,6 +27,7 @@ import math
 import multiprocessing as mp
 import os
 import queue
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -121,16 +122,31 @@ def read_box(target: str) -> tuple[Path, list[float], list[float]]:
 
 
 # -- one ligand (runs inside a worker process) ----------------------------------------------------
+@lru_cache(maxsize=1)
+def _obabel() -> str:
+    here = Path(sys.executable).parent / "obabel"
+    found = str(here) if here.exists() else shutil.which("obabel")
+    if not found:
+        raise DomainError("docking needs Open Babel's obabel: run pip install 'svdd[molecules]' (openbabel-wheel)")
+    return found
+
+
+def protonate(smiles: str, ph: float = 7.4) -> str:
+    """Dominant protonation state at ``ph`` with the obabel command line (Open Babel's Python
+    module cannot be imported after vina in one process, so it runs as its own process)."""
+    proc = subprocess.run([_obabel(), f"-:{smiles}", "-ocan", "-p", str(ph)], capture_output=True, text=True,
+                          timeout=60)
+    out = proc.stdout.split()
+    return out[0] if proc.returncode == 0 and out else smiles
+
+
 def prepare_ligand(smiles: str, seed: int = 0) -> str:
     """SMILES -> PDBQT string: protonate at pH 7.4 (Open Babel), embed in 3D (RDKit), meeko."""
-    from openbabel import pybel  # must be imported before vina in the same process
     from rdkit import Chem
     from rdkit.Chem import AllChem
     from meeko import MoleculePreparation, PDBQTWriterLegacy
 
-    ob_mol = pybel.readstring("smi", smiles)
-    ob_mol.OBMol.AddHydrogens(False, True, 7.4)
-    protonated = ob_mol.write("can").split()[0]
+    protonated = protonate(smiles)
     mol = Chem.MolFromSmiles(protonated) or Chem.MolFromSmiles(smiles)
     if mol is None:
         raise ValueError("RDKit cannot parse the molecule")
@@ -161,7 +177,6 @@ def _pose_molblock(pose_pdbqt: str) -> str:
 
 
 def _worker_main(receptor: str, center, size, exhaustiveness: int, seed: int, tasks, results, wid: int = 0) -> None:
-    from openbabel import pybel  # noqa: F401  (import order: Open Babel before Vina, else Vina crashes)
     from rdkit import RDLogger
     import vina
 

@@ -10,12 +10,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-import torch
 from torch import Tensor
 
 from ..base import Domain, DomainError
 from . import metrics as _metrics
-from .models import MODEL_DESCRIPTIONS, MODEL_NAMES, available_models, load_utr_process
+from .models import ASSETS, MODEL_DESCRIPTIONS, MODEL_NAMES, available_models, load_utr_process
 from .oracle import ENV_VAR, Optimus5Prime, load_optimus, mrl_reward
 from .rewards import REWARDS
 from .tokens import ALPHABET, MASK_ID, SEQ_LEN, VOCAB_SIZE, decode, encode, one_hot
@@ -25,11 +24,18 @@ def _decode(x0: Tensor) -> list[str]:
     return decode(x0, rna=True)
 
 
-def _sample_columns(x0: Tensor, decoded: list[str], process=None, **_options) -> dict[str, list]:
+def _sample_columns(x0: Tensor, decoded: list[str], process=None, oracle_dir: Optional[str] = None,
+                    **_options) -> dict[str, list]:
+    """Per-sample GC, uAUG count, MFE and, when the predictors are reachable (``oracle_dir=`` or
+    ``$SVDD_UTR_ORACLE_DIR``), the evaluation oracle's MRL ``mrl_eval``."""
     cols = {"gc_content": [round(v, 4) for v in _metrics.gc_content(x0).tolist()],
             "uaug_count": _metrics.uaug_count(x0).tolist()}
     try:
         cols["mfe"] = [round(v, 2) for v in _metrics.mfe(x0).tolist()]
+    except DomainError:
+        pass
+    try:
+        cols["mrl_eval"] = [round(v, 4) for v in mrl_reward("mrl-eval", oracle_dir)(x0.long().cpu()).tolist()]
     except DomainError:
         pass
     return cols
@@ -65,6 +71,22 @@ def _write_files(out_dir: Path, x0: Tensor, decoded: list[str], rewards: Tensor,
     return [write_fasta(Path(out_dir) / "samples.fasta", decoded, rewards, alphabet=alphabet)]
 
 
+def _value_network(process):
+    from .value import value_network  # registers UTRValueNet with svdd.values.learned
+
+    return value_network(process)
+
+
+def _register_value_network() -> None:
+    try:
+        from . import value  # noqa: F401  (so load_value can read a saved UTRValueNet)
+    except ImportError:  # svdd.values.learned missing in a partial install
+        pass
+
+
+_register_value_network()
+
+
 def _model_loader(name: str):
     def load(device: str = "cpu", **_options):
         return load_utr_process(name, device=device)
@@ -85,7 +107,9 @@ DOMAIN = Domain(
     metrics=_set_metrics,
     write_files=_write_files,
     extra={"install": "rna", "evaluation_reward": "mrl-eval", "oracle_env": ENV_VAR,
-           "model_descriptions": MODEL_DESCRIPTIONS, "fasta_alphabets": ("U", "T")},
+           "model_descriptions": MODEL_DESCRIPTIONS, "fasta_alphabets": ("U", "T"), "value_network": _value_network,
+           # shipped SVDD-MC value networks, "<model>/<reward>" -> folder for svdd.values.load_value
+           "values": {"utr-random/mrl": str(ASSETS / "values" / "utr-random-mrl")}},
 )
 
 __all__ = ["DOMAIN", "ALPHABET", "MASK_ID", "SEQ_LEN", "VOCAB_SIZE", "Optimus5Prime", "decode", "encode",

@@ -131,3 +131,13 @@ def load_packed(path: Path) -> tuple[Tensor, Tensor]:
     """(tokens uint8 (N, L), split uint8 (N,)) from ``save_packed``."""
     blob = torch.load(path, map_location="cpu", weights_only=True)
     return unpack(blob["packed"])[:, : blob["length"]], blob["split"]
+
+
+def dhs_test_windows() -> Tensor:
+    """512 held-out DHS 50-nt windows shipped with the package (LongTensor (512, 50)): a small
+    natural-sequence reference for tests and metrics, no download needed."""
+    from .tokens import encode
+
+    path = Path(__file__).parent / "assets" / "dhs_test_windows.txt"
+    lines = [s for s in path.read_text().splitlines() if s and not s.startswith("#")]
+    return encode(lines)

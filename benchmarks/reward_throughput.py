@@ -1,0 +1,153 @@
+"""Reward throughput of ``svdd.distributed.RewardPool``: calls per second with 1, 2, ... workers and
+the speedup over one worker, for a real CPU-bound molecule reward.
+
+Rewards (both the molecules domain's own, on SELFIES token ids):
+- ``qed+sa`` (default): RDKit QED + normalised SA score of each decoded molecule;
+- ``docking:<target>``: AutoDock Vina (exhaustiveness 1), one Vina process per pool worker, each
+  computing the receptor's affinity maps once; the docking result cache is switched off so every
+  call really docks.
+
+The molecules are the first ``--num-molecules`` MOSES SMILES shipped with the molecules domain
+(``moses_sample.csv.gz``). For each worker count the pool is started and warmed up (every worker
+scores one molecule: imports, SA fragment table, receptor maps), then timed calls score all
+molecules, ``--repeats`` times, interleaved across worker counts so that a change in background
+load hits every count alike; the median is reported. Caching is off so nothing is skipped. The in-process reward (no pool) is timed too.
+
+    python benchmarks/reward_throughput.py --workers 1 2 --num-molecules 1000 --out runs/throughput.json
+    python benchmarks/reward_throughput.py --reward docking:parp1 --workers 1 2 --num-molecules 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def load_molecules(n: int) -> torch.Tensor:
+    import pandas as pd
+
+    from svdd.domains.molecules import ASSETS, load_tokenizer
+    from svdd.domains.base import DomainError
+
+    tok = load_tokenizer()
+    smiles = pd.read_csv(ASSETS / "moses_sample.csv.gz")["SMILES"].tolist()
+    rows = []
+    for s in smiles:
+        try:
+            rows.append(tok.encode(s))
+        except DomainError:   # outside the model's vocabulary or length
+            continue
+        if len(rows) == n:
+            break
+    return torch.stack(rows)
+
+
+def docking_reward(target: str):
+    """The molecules domain's Vina reward with one Vina process and no result cache."""
+    from svdd.domains.molecules import load_tokenizer
+    from svdd.domains.molecules.docking import DockingReward
+
+    return DockingReward(target, load_tokenizer(), num_workers=1, cache=False)
+
+
+def make_factory(reward: str):
+    from svdd.distributed import DomainRewardFactory
+
+    if reward.startswith("docking:"):
+        return functools.partial(docking_reward, reward.split(":", 1)[1])
+    return DomainRewardFactory("molecules", reward)
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--reward", default="qed+sa")
+    p.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    p.add_argument("--num-molecules", type=int, default=1000)
+    p.add_argument("--backend", default="process", choices=["process", "ray"])
+    p.add_argument("--chunk-size", type=int, default=None, help="molecules per task (default: n / (4 workers))")
+    p.add_argument("--repeats", type=int, default=3, help="timed calls per worker count (median reported)")
+    p.add_argument("--out", default=None, help="JSON file for the results")
+    args = p.parse_args(argv)
+    torch.set_num_threads(1)
+    from svdd.distributed import RewardPool
+
+    x = load_molecules(args.num_molecules)
+    factory = make_factory(args.reward)
+    load_before = os.getloadavg()
+
+    serial = None
+    if not args.reward.startswith("docking:"):   # in-process reference (docking always uses a process)
+        reward = factory()
+        reward(x[:4])
+        start = time.perf_counter()
+        serial_values = reward(x)
+        serial = len(x) / (time.perf_counter() - start)
+    pools = {}
+    times: dict[int, list[float]] = {w: [] for w in args.workers}
+    counters = {}
+    try:
+        for w in args.workers:
+            pools[w] = RewardPool(factory, w, backend=args.backend, cache=False, threads_per_worker=1,
+                                  chunk_size=args.chunk_size)
+            pools[w](x[:w])   # one molecule per worker: start-up costs stay out of the timing
+        for _ in range(args.repeats):   # interleaved, so a change in background load hits every count
+            for w in args.workers:
+                start = time.perf_counter()
+                values = pools[w](x)
+                times[w].append(time.perf_counter() - start)
+                if serial is not None:
+                    assert torch.allclose(values.nan_to_num(-1), serial_values.nan_to_num(-1)), \
+                        "the pool's rewards differ from the in-process reward"
+        counters = {w: pool.counters() for w, pool in pools.items()}
+    finally:
+        for pool in pools.values():
+            pool.close()
+    rows = []
+    for w in args.workers:
+        seconds = statistics.median(times[w])
+        rows.append({"workers": w, "seconds": seconds, "seconds_all": times[w], "calls_per_s": len(x) / seconds,
+                     "failures": counters[w]["failures"], "retries": counters[w]["retries"]})
+    base = rows[0]["calls_per_s"] if rows and rows[0]["workers"] == 1 else None
+    for r in rows:
+        r["speedup"] = None if base is None else r["calls_per_s"] / base
+        r["efficiency"] = None if base is None else r["speedup"] / r["workers"]
+    result = {
+        "reward": args.reward, "backend": args.backend, "num_molecules": len(x),
+        "in_process_calls_per_s": serial, "rows": rows,
+        "machine": {"cpu_count": os.cpu_count(), "cpu_model": cpu_model(), "platform": platform.platform(),
+                    "python": platform.python_version(), "torch": torch.__version__,
+                    "load_average_before": load_before, "load_average_after": os.getloadavg()},
+    }
+    print(f"{args.reward}: {len(x)} molecules, backend {args.backend}, {os.cpu_count()} CPUs ({cpu_model()}), "
+          f"load average {load_before[0]:.1f} before")
+    if serial is not None:
+        print(f"  in-process: {serial:8.1f} calls/s")
+    for r in rows:
+        sp = "" if r["speedup"] is None else f"  speedup {r['speedup']:.2f}x  efficiency {r['efficiency']:.2f}"
+        print(f"  {r['workers']} worker(s): {r['calls_per_s']:8.1f} calls/s ({r['seconds']:.2f} s){sp}")
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(result, indent=2))
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,38 @@
+"""Picklable zero-argument factories that build a domain's process or reward inside a worker.
+
+A worker must build its own model and reward (a GPU worker loads the model onto its device; a
+docking worker computes its receptor maps), so the driver ships *recipes*, not objects:
+
+    DomainProcessFactory("molecules", model=None, device="cuda")()   # -> MaskedProcess
+    DomainRewardFactory("molecules", "docking:parp1", num_workers=1)()  # -> reward_fn
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+
+class DomainProcessFactory:
+    def __init__(self, domain: str, model: Optional[str] = None, device: str = "cpu", **options):
+        self.domain, self.model, self.device, self.options = domain, model, device, options
+
+    def __call__(self):
+        from ..domains import get_domain
+
+        return get_domain(self.domain).load_process(self.model, device=self.device, **self.options)
+
+    def __repr__(self) -> str:
+        return f"DomainProcessFactory({self.domain!r}, model={self.model!r}, device={self.device!r})"
+
+
+class DomainRewardFactory:
+    def __init__(self, domain: str, reward: Optional[str] = None, **options):
+        self.domain, self.reward, self.options = domain, reward, options
+
+    def __call__(self):
+        from ..domains import get_domain
+
+        return get_domain(self.domain).make_reward(self.reward, **self.options)
+
+    def __repr__(self) -> str:
+        return f"DomainRewardFactory({self.domain!r}, {self.reward!r})"

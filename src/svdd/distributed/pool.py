@@ -1,0 +1,555 @@
+"""Worker pools and a fault-tolerant task scheduler shared by ``run_sharded`` and ``RewardPool``.
+
+A pool holds ``num_workers`` long-lived workers. Each worker builds one *handler* when it
+starts (``init_fn(*init_args)``: a diffusion process and a reward, or a docking receptor's
+affinity maps) and then answers tasks ``handler(payload) -> value`` one at a time, so the
+expensive set-up is paid once per worker, not once per task.
+
+Backends:
+
+- ``local``: one handler in this process; tasks run inline, in order. Exceptions are retried;
+  timeouts cannot be enforced (nothing can pre-empt the caller's own thread).
+- ``process``: fresh Python worker processes (``python -m svdd.distributed.worker``) on sockets;
+  a worker that exceeds ``timeout_s`` is killed and replaced, one that dies is replaced.
+- ``ray``: one Ray actor per worker (``pip install 'svdd[distributed]'``), on a local cluster or
+  the one at ``ray_address``; a timed-out actor is killed and replaced, a dead one replaced.
+
+``run_tasks`` feeds tasks to idle workers as they free up (dynamic load balancing), gives each
+task at most ``1 + max_retries`` attempts (an attempt fails when the handler raises, the worker
+dies, or ``timeout_s`` passes), optionally splits a failed multi-item task into smaller ones
+before retrying it (so one poisonous item fails alone), and counts what happened.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import time
+import traceback
+import weakref
+from collections import deque
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Optional
+
+from ..algorithms.registry import AlgorithmError
+
+BACKENDS = ("local", "process", "ray")
+INSTALL_HINT = "pip install 'svdd[distributed]'"
+
+
+class DistributedError(AlgorithmError):
+    """A user-facing scale-out error (bad backend, missing Ray, tasks that kept failing)."""
+
+
+class TaskFailure(DistributedError):
+    """Raised when tasks failed on every attempt; ``finished`` holds what did complete."""
+
+    def __init__(self, message: str, finished: Optional[dict] = None, failed: Optional[dict] = None):
+        super().__init__(message)
+        self.finished = finished or {}
+        self.failed = failed or {}
+
+
+@dataclass
+class PoolCounters:
+    tasks: int = 0            # attempts handed to workers
+    completed: int = 0        # tasks that returned a value
+    retries: int = 0          # attempts repeated after a failure
+    failures: int = 0         # tasks given up after 1 + max_retries attempts
+    timeouts: int = 0         # attempts that ran past timeout_s (worker killed)
+    worker_deaths: int = 0    # attempts whose worker process/actor died
+    task_errors: int = 0      # attempts whose handler raised
+    worker_restarts: int = 0  # workers replaced (after a death or a timeout)
+    busy_s: float = 0.0       # summed wall time of finished attempts
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Task:
+    key: Any                  # the caller's identifier (shard index, list of rows, ...)
+    payload: Any
+    attempts: int = 0
+    errors: list = field(default_factory=list)
+
+
+def import_ray():
+    """``import ray`` or a one-line error naming the extra to install."""
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        raise DistributedError(f"backend='ray' needs Ray, which is not installed; run {INSTALL_HINT}") from None
+    return ray
+
+
+def ensure_ray(address: Optional[str] = None, num_cpus: Optional[int] = None):
+    """Connect to the cluster at ``address`` or start a local one (once per process)."""
+    ray = import_ray()
+    if not ray.is_initialized():
+        kwargs = dict(include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
+        if address:
+            ray.init(address=address, **kwargs)
+        else:
+            ray.init(num_cpus=num_cpus, **kwargs)
+    return ray
+
+
+def check_backend(backend: str) -> str:
+    if backend not in BACKENDS:
+        raise DistributedError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    return backend
+
+
+def _one_line(err: BaseException) -> str:
+    text = f"{type(err).__name__}: {err}".strip().replace("\n", " ")
+    return text[:400]
+
+
+def _dumps(obj) -> bytes:
+    """Pickle with cloudpickle when available (lambdas, closures), else the standard pickle."""
+    try:
+        import cloudpickle
+
+        return cloudpickle.dumps(obj)
+    except ImportError:
+        return pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+# ------------------------------------------------------------------------------------------------
+# local
+class LocalBackend:
+    """One handler in this process; ``wait`` runs the submitted task inline."""
+
+    name = "local"
+
+    def __init__(self, init_fn: Callable, init_args: tuple = ()):
+        self.handler = init_fn(*init_args)
+        self.meta = self.handler.meta() if hasattr(self.handler, "meta") else {}
+        self.num_workers = 1
+        self._pending: dict[int, Any] = {}
+
+    def starting(self) -> list[int]:
+        return []
+
+    def ready_workers(self) -> list[int]:
+        return [0]
+
+    def submit(self, worker: int, payload) -> None:
+        self._pending[worker] = payload
+
+    def wait(self, timeout: Optional[float]) -> list[tuple]:
+        events = []
+        for worker, payload in list(self._pending.items()):
+            del self._pending[worker]
+            try:
+                events.append(("ok", worker, self.handler(payload)))
+            except Exception as err:
+                events.append(("error", worker, _one_line(err)))
+        return events
+
+    def restart(self, worker: int) -> None:  # nothing can die here
+        pass
+
+    def close(self) -> None:
+        close = getattr(self.handler, "close", None)
+        if callable(close):
+            close()
+
+
+# ------------------------------------------------------------------------------------------------
+# process
+def serve(conn) -> None:
+    """Worker side (``python -m svdd.distributed.worker FD``): read the parent's ``sys.path``,
+    thread count and environment, build the handler once, then answer ``payload -> value``
+    until told to stop or the parent goes away."""
+    import sys
+
+    sys_path, threads, env = pickle.loads(conn.recv_bytes())
+    sys.path[:] = list(dict.fromkeys([*sys_path, *sys.path]))   # factories pickled by reference
+    os.environ.update(env or {})   # before any CUDA initialisation (CUDA_VISIBLE_DEVICES)
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        init_fn, init_args = pickle.loads(conn.recv_bytes())
+        handler = init_fn(*init_args)
+        meta = handler.meta() if hasattr(handler, "meta") else {}
+    except BaseException as err:  # noqa: BLE001 - reported to the parent, then exit
+        conn.send_bytes(pickle.dumps(("init_error", _one_line(err) + "\n" + traceback.format_exc(limit=3))))
+        return
+    conn.send_bytes(pickle.dumps(("ready", meta)))
+    while True:
+        try:
+            payload = pickle.loads(conn.recv_bytes())
+        except (EOFError, OSError):
+            break
+        if payload is None:
+            break
+        try:
+            reply = ("ok", handler(payload))
+        except Exception as err:  # noqa: BLE001 - the parent decides whether to retry
+            reply = ("error", _one_line(err))
+        conn.send_bytes(pickle.dumps(reply, protocol=pickle.HIGHEST_PROTOCOL))
+    close = getattr(handler, "close", None)
+    if callable(close):
+        close()
+
+
+def _kill_all(procs: list) -> None:
+    for proc in procs:
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+    for proc in procs:
+        if proc is not None:
+            try:
+                proc.wait(5)
+            except Exception:
+                pass
+
+
+class ProcessBackend:
+    """``num_workers`` fresh Python processes (``python -m svdd.distributed.worker``), each with
+    its own handler, talking over a socket pair. Fresh interpreters need no ``__main__`` guard in
+    the user's script and inherit no threads; a worker past its timeout is killed and replaced."""
+
+    name = "process"
+
+    def __init__(self, init_fn: Callable, init_args: tuple = (), *, num_workers: int = 2,
+                 threads_per_worker: Optional[int] = None, worker_env: Optional[list[dict]] = None,
+                 startup_timeout_s: float = 300.0):
+        import sys
+
+        self.blob = _dumps((init_fn, init_args))
+        self.sys_path = [p for p in sys.path if p]
+        self.num_workers = int(num_workers)
+        self.threads = threads_per_worker or max(1, (os.cpu_count() or 1) // self.num_workers)
+        self.worker_env = worker_env or [{}]
+        self.startup_timeout_s = startup_timeout_s
+        self.procs: list = [None] * self.num_workers
+        self.conns: list = [None] * self.num_workers
+        self.state: list[str] = ["down"] * self.num_workers   # down | starting | ready | busy
+        self._meta: dict = {}
+        self._finalizer = weakref.finalize(self, _kill_all, self.procs)
+        for w in range(self.num_workers):
+            self._start(w)
+        self.meta = self._wait_first_ready()
+
+    def _start(self, w: int) -> None:
+        import socket
+        import subprocess
+        import sys
+        from multiprocessing.connection import Connection
+
+        parent, child = socket.socketpair()
+        fd = child.fileno()
+        env = self.worker_env[w % len(self.worker_env)]
+        # not a daemon: handlers may start their own processes (e.g. docking workers)
+        proc = subprocess.Popen([sys.executable, "-m", "svdd.distributed.worker", str(fd)], pass_fds=(fd,),
+                                stdin=subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": os.pathsep.join(self.sys_path)})
+        child.close()
+        conn = Connection(parent.detach())
+        conn.send_bytes(pickle.dumps((self.sys_path, self.threads, env)))
+        conn.send_bytes(self.blob)
+        self.procs[w], self.conns[w], self.state[w] = proc, conn, "starting"
+
+    def _wait_first_ready(self) -> dict:
+        deadline = time.monotonic() + self.startup_timeout_s
+        while not self.ready_workers():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                self.close()
+                raise DistributedError(f"no worker started within {self.startup_timeout_s:.0f} s; "
+                                       "check that the factories import and run in a fresh Python process")
+            for event in self.wait(min(left, 1.0)):
+                if event[0] == "died":
+                    self.close()
+                    raise DistributedError(f"a worker died while starting ({event[2]}); "
+                                           "check that the factories are importable from a fresh process")
+        return self._meta
+
+    def starting(self) -> list[int]:
+        return [w for w in range(self.num_workers) if self.state[w] == "starting"]
+
+    def ready_workers(self) -> list[int]:
+        return [w for w in range(self.num_workers) if self.state[w] == "ready"]
+
+    def submit(self, worker: int, payload) -> None:
+        self.state[worker] = "busy"
+        try:
+            self.conns[worker].send_bytes(pickle.dumps(payload, protocol=pickle.HIGHEST_PROTOCOL))
+        except OSError:
+            pass  # the death shows up in wait()
+
+    def wait(self, timeout: Optional[float]) -> list[tuple]:
+        from multiprocessing.connection import wait as mp_wait
+
+        watched = {self.conns[w]: w for w in range(self.num_workers) if self.state[w] in ("starting", "busy")}
+        if not watched:
+            return []
+        events = []
+        for conn in mp_wait(list(watched), timeout):
+            w = watched[conn]
+            try:
+                message = pickle.loads(conn.recv_bytes())
+            except (EOFError, OSError):   # the socket closed: the worker is gone
+                try:
+                    code = self.procs[w].wait(5)
+                except Exception:
+                    code = None
+                self.state[w] = "down"
+                events.append(("died", w, f"worker process exited with code {code}"))
+                continue
+            kind = message[0]
+            if kind == "init_error":
+                self.close()
+                raise DistributedError(f"a worker could not build its handler: {message[1].splitlines()[0]}")
+            self.state[w] = "ready"
+            if kind == "ready":
+                self._meta = message[1]
+                events.append(("ready", w, None))
+            else:
+                events.append((kind, w, message[1]))
+        return events
+
+    def restart(self, worker: int) -> None:
+        _kill_all([self.procs[worker]])
+        try:
+            self.conns[worker].close()
+        except Exception:
+            pass
+        self._start(worker)
+
+    def close(self) -> None:
+        for w, conn in enumerate(self.conns):
+            if conn is not None and self.state[w] == "ready":
+                try:
+                    conn.send_bytes(pickle.dumps(None))
+                except Exception:
+                    pass
+        deadline = time.monotonic() + 2.0
+        for proc in self.procs:
+            if proc is not None:
+                try:
+                    proc.wait(max(0.0, deadline - time.monotonic()))
+                except Exception:
+                    pass
+        _kill_all(self.procs)
+        for w, conn in enumerate(self.conns):
+            if conn is not None:
+                try:
+                    conn.close()
+                except Exception:
+                    pass
+            self.state[w] = "down"
+
+
+# ------------------------------------------------------------------------------------------------
+# ray
+class _ActorBody:
+    """The Ray actor: one handler per actor (wrapped with ``ray.remote`` at run time)."""
+
+    def __init__(self, init_fn, init_args, threads):
+        if threads:
+            import torch
+
+            torch.set_num_threads(threads)
+        self.handler = init_fn(*init_args)
+
+    def meta(self):
+        return self.handler.meta() if hasattr(self.handler, "meta") else {}
+
+    def call(self, payload):
+        return self.handler(payload)
+
+
+class RayBackend:
+    """One Ray actor per worker; a timed-out actor is killed (``ray.kill``) and replaced by a new
+    one, which takes tasks once its handler is built."""
+
+    name = "ray"
+
+    def __init__(self, init_fn: Callable, init_args: tuple = (), *, num_workers: Optional[int] = None,
+                 ray_address: Optional[str] = None, worker_options: Optional[dict] = None,
+                 threads_per_worker: Optional[int] = None):
+        self.ray = ensure_ray(ray_address, num_cpus=None if ray_address else max(os.cpu_count() or 1, num_workers or 1))
+        if num_workers is None:
+            num_workers = max(1, int(self.ray.cluster_resources().get("CPU", 1)))
+        self.num_workers = int(num_workers)
+        self.options = {"num_cpus": 1, "max_restarts": 0, **(worker_options or {})}
+        self.threads = threads_per_worker or max(1, int(self.options.get("num_cpus", 1)))
+        self.remote_cls = self.ray.remote(_ActorBody)
+        self.init = (init_fn, init_args)
+        self.actors: list = [None] * self.num_workers
+        self.refs: dict[int, Any] = {}
+        self.state = ["down"] * self.num_workers
+        for w in range(self.num_workers):
+            self._start(w)
+        try:
+            metas = self.ray.get([self.refs[w] for w in range(self.num_workers)])
+        except Exception as err:
+            self.close()
+            raise DistributedError(f"a Ray worker could not build its handler: {_one_line(_ray_cause(err))}") from None
+        self.refs.clear()
+        self.state = ["ready"] * self.num_workers
+        self.meta = metas[0]
+
+    def _start(self, w: int) -> None:
+        self.actors[w] = self.remote_cls.options(**self.options).remote(self.init[0], self.init[1], self.threads)
+        self.state[w] = "starting"   # until its meta() answers: a task's timeout never covers start-up
+        self.refs[w] = self.actors[w].meta.remote()
+
+    def starting(self) -> list[int]:
+        return [w for w in range(self.num_workers) if self.state[w] == "starting"]
+
+    def ready_workers(self) -> list[int]:
+        return [w for w in range(self.num_workers) if self.state[w] == "ready"]
+
+    def submit(self, worker: int, payload) -> None:
+        self.state[worker] = "busy"
+        self.refs[worker] = self.actors[worker].call.remote(payload)
+
+    def wait(self, timeout: Optional[float]) -> list[tuple]:
+        if not self.refs:
+            return []
+        by_ref = {ref: w for w, ref in self.refs.items()}
+        done, _ = self.ray.wait(list(by_ref), num_returns=1, timeout=timeout)
+        if done:  # collect everything else already finished too
+            more, _ = self.ray.wait(list(by_ref), num_returns=len(by_ref), timeout=0)
+            done = list(dict.fromkeys([*done, *more]))
+        events = []
+        exc = self.ray.exceptions
+        died_types = tuple(t for t in (getattr(exc, "RayActorError", None), getattr(exc, "ActorDiedError", None),
+                                       getattr(exc, "WorkerCrashedError", None), getattr(exc, "ActorUnavailableError", None),
+                                       getattr(exc, "NodeDiedError", None)) if t is not None)
+        for ref in done:
+            w = by_ref[ref]
+            del self.refs[w]
+            was_starting = self.state[w] == "starting"
+            self.state[w] = "ready"
+            try:
+                value = self.ray.get(ref)
+                events.append(("ready", w, None) if was_starting else ("ok", w, value))
+            except died_types as err:
+                if was_starting:
+                    raise DistributedError("a restarted Ray worker died while building its handler: "
+                                           f"{_one_line(err)[:200]}") from None
+                self.state[w] = "down"
+                events.append(("died", w, _one_line(err)[:200]))
+            except Exception as err:  # RayTaskError: the handler raised
+                if was_starting:
+                    raise DistributedError("a restarted Ray worker could not build its handler: "
+                                           f"{_one_line(_ray_cause(err))}") from None
+                events.append(("error", w, _one_line(_ray_cause(err))))
+        return events
+
+    def restart(self, worker: int) -> None:
+        self.refs.pop(worker, None)
+        try:
+            self.ray.kill(self.actors[worker], no_restart=True)
+        except Exception:
+            pass
+        self._start(worker)
+
+    def close(self) -> None:
+        for actor in self.actors:
+            if actor is not None:
+                try:
+                    self.ray.kill(actor, no_restart=True)
+                except Exception:
+                    pass
+        self.actors = [None] * self.num_workers
+        self.refs.clear()
+
+
+def _ray_cause(err: BaseException) -> BaseException:
+    cause = getattr(err, "cause", None)
+    return cause if isinstance(cause, BaseException) else err
+
+
+def make_backend(backend: str, init_fn: Callable, init_args: tuple = (), *, num_workers: Optional[int] = None,
+                 ray_address: Optional[str] = None, worker_options: Optional[dict] = None,
+                 threads_per_worker: Optional[int] = None, worker_env: Optional[list[dict]] = None):
+    check_backend(backend)
+    if num_workers is not None and (not isinstance(num_workers, int) or num_workers < 1):
+        raise DistributedError(f"num_workers must be an integer >= 1, got {num_workers!r}")
+    if backend == "local":
+        return LocalBackend(init_fn, init_args)
+    if backend == "process":
+        return ProcessBackend(init_fn, init_args, num_workers=num_workers or min(os.cpu_count() or 1, 8),
+                              threads_per_worker=threads_per_worker, worker_env=worker_env)
+    return RayBackend(init_fn, init_args, num_workers=num_workers, ray_address=ray_address,
+                      worker_options=worker_options, threads_per_worker=threads_per_worker)
+
+
+# ------------------------------------------------------------------------------------------------
+def run_tasks(backend, tasks: list[Task], *, counters: PoolCounters, on_result: Callable[[Task, Any], None],
+              on_failure: Callable[[Task], None], timeout_s: Optional[float] = None, max_retries: int = 2,
+              split: Optional[Callable[[Task], list[Task]]] = None) -> None:
+    """Run every task on ``backend``: hand tasks to idle workers, retry failed attempts (at most
+    ``max_retries`` times per task, after ``split`` if given), kill and replace workers that time
+    out or die. ``on_result(task, value)`` is called as each task finishes, ``on_failure(task)``
+    for a task that failed every attempt; the other tasks always run to the end."""
+    if not isinstance(max_retries, int) or max_retries < 0:
+        raise DistributedError(f"max_retries must be an integer >= 0, got {max_retries!r}")
+    if timeout_s is not None and not timeout_s > 0:
+        raise DistributedError(f"timeout_s must be > 0 seconds, got {timeout_s!r}")
+    pending = deque(tasks)
+    busy: dict[int, tuple[Task, float]] = {}
+
+    def failed(task: Task, why: str) -> None:
+        task.attempts += 1
+        task.errors.append(why)
+        if task.attempts > max_retries:
+            counters.failures += 1
+            on_failure(task)
+            return
+        counters.retries += 1
+        parts = split(task) if split is not None else [task]
+        for part in reversed(parts):
+            pending.appendleft(part)
+
+    while pending or busy:
+        for w in backend.ready_workers():
+            if not pending:
+                break
+            if w in busy:
+                continue
+            task = pending.popleft()
+            counters.tasks += 1
+            busy[w] = (task, time.monotonic())
+            backend.submit(w, task.payload)
+        if not busy and not backend.starting():
+            if pending and not backend.ready_workers():
+                raise DistributedError("no worker is available to run the remaining tasks")
+            continue
+        wait_for = None
+        if timeout_s is not None and busy:
+            now = time.monotonic()
+            wait_for = max(0.0, min(start + timeout_s for _, start in busy.values()) - now)
+        for kind, w, value in backend.wait(wait_for if wait_for is not None else 1.0):
+            if kind == "ready" or w not in busy:
+                continue
+            task, start = busy.pop(w)
+            if kind == "ok":
+                counters.completed += 1
+                counters.busy_s += time.monotonic() - start
+                on_result(task, value)
+            elif kind == "error":
+                counters.task_errors += 1
+                failed(task, value)
+            else:  # died
+                counters.worker_deaths += 1
+                counters.worker_restarts += 1
+                backend.restart(w)
+                failed(task, value)
+        if timeout_s is not None:
+            now = time.monotonic()
+            for w, (task, start) in list(busy.items()):
+                if now - start > timeout_s:
+                    busy.pop(w)
+                    counters.timeouts += 1
+                    counters.worker_restarts += 1
+                    backend.restart(w)
+                    failed(task, f"timed out after {timeout_s:g} s")
