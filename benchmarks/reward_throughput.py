@@ -11,7 +11,10 @@ The molecules are the first ``--num-molecules`` MOSES SMILES shipped with the mo
 (``moses_sample.csv.gz``). For each worker count the pool is started and warmed up (every worker
 scores one molecule: imports, SA fragment table, receptor maps), then timed calls score all
 molecules, ``--repeats`` times, interleaved across worker counts so that a change in background
-load hits every count alike; the median is reported. Caching is off so nothing is skipped. The in-process reward (no pool) is timed too.
+load hits every count alike; the median is reported. Caching is off so nothing is skipped. The
+in-process reward (no pool) is timed too. As a control, ``machine_ceiling`` times k plain
+processes of busy work (no svdd code) against one: on a shared machine that, not the pool,
+bounds the speedup.
 
     python benchmarks/reward_throughput.py --workers 1 2 --num-molecules 1000 --out runs/throughput.json
     python benchmarks/reward_throughput.py --reward docking:parp1 --workers 1 2 --num-molecules 8
@@ -39,6 +42,32 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or "unknown"
+
+
+def _spin(n: int) -> int:
+    total = 0
+    for i in range(n):
+        total += i * i
+    return total
+
+
+def machine_ceiling(num_procs: int, repeats: int = 3, work: int = 3_000_000) -> float:
+    """Speedup of ``num_procs`` processes over one on pure-Python busy work (no svdd code): what
+    this machine gives right now, under its current background load."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    ratios = []
+    with ProcessPoolExecutor(num_procs) as ex:
+        list(ex.map(_spin, [10] * num_procs))
+        for _ in range(repeats):
+            start = time.perf_counter()
+            for _ in range(num_procs):
+                _spin(work)
+            serial = time.perf_counter() - start
+            start = time.perf_counter()
+            list(ex.map(_spin, [work] * num_procs))
+            ratios.append(serial / (time.perf_counter() - start))
+    return statistics.median(ratios)
 
 
 def load_molecules(n: int) -> torch.Tensor:
@@ -125,10 +154,12 @@ def main(argv=None) -> dict:
         seconds = statistics.median(times[w])
         rows.append({"workers": w, "seconds": seconds, "seconds_all": times[w], "calls_per_s": len(x) / seconds,
                      "failures": counters[w]["failures"], "retries": counters[w]["retries"]})
+    ceiling = {w: machine_ceiling(w) for w in args.workers if w > 1}
     base = rows[0]["calls_per_s"] if rows and rows[0]["workers"] == 1 else None
     for r in rows:
         r["speedup"] = None if base is None else r["calls_per_s"] / base
         r["efficiency"] = None if base is None else r["speedup"] / r["workers"]
+        r["machine_ceiling_speedup"] = ceiling.get(r["workers"], 1.0)
     result = {
         "reward": args.reward, "backend": args.backend, "num_molecules": len(x),
         "in_process_calls_per_s": serial, "rows": rows,
@@ -141,7 +172,8 @@ def main(argv=None) -> dict:
     if serial is not None:
         print(f"  in-process: {serial:8.1f} calls/s")
     for r in rows:
-        sp = "" if r["speedup"] is None else f"  speedup {r['speedup']:.2f}x  efficiency {r['efficiency']:.2f}"
+        sp = "" if r["speedup"] is None else (f"  speedup {r['speedup']:.2f}x  efficiency {r['efficiency']:.2f}"
+                                              f"  (machine ceiling now: {r['machine_ceiling_speedup']:.2f}x)")
         print(f"  {r['workers']} worker(s): {r['calls_per_s']:8.1f} calls/s ({r['seconds']:.2f} s){sp}")
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -1,7 +1,8 @@
 """Train the images domain's models on the 16×16 digits (see ``scripts/prepare_images.py``).
 
-1. **DDPM**: a diffusers ``UNet2DModel`` (3 levels 32/64/64, 2 ResNet layers per level, no
-   attention) with ε-prediction on the cosine ("squaredcos_cap_v2") schedule, T = 1000,
+1. **DDPM**: a diffusers ``UNet2DModel`` (``--unet base``: 3 levels 32/64/64, 2 ResNet layers
+   per level, no attention, 1.5 M parameters; ``--unet small``, the CPU default: 16/32/32, 1 layer,
+   0.26 M) with ε-prediction on the cosine ("squaredcos_cap_v2") schedule, T = 1000,
    loss ``‖ε − ε_θ(sqrt(ᾱ_t)·x0 + sqrt(1 − ᾱ_t)·ε, t)‖²``, AdamW, EMA. Data: splits A + B
    with random ±1-pixel shifts. Written as a diffusers ``DDPMPipeline`` folder
    (``model_index.json``, ``unet/``, ``scheduler/``), so ``DDPMPipeline.from_pretrained`` and
@@ -51,6 +52,9 @@ UNET_CONFIG = {
     "act_fn": "silu", "attention_head_dim": 8, "norm_num_groups": 16, "norm_eps": 1e-5,
     "resnet_time_scale_shift": "default", "add_attention": False,
 }
+# CPU-sized variant (no GPU lent): 0.26 M parameters, ~6x cheaper per step and per sample
+SMALL_UNET_CONFIG = dict(UNET_CONFIG, block_out_channels=[16, 32, 32], layers_per_block=1, norm_num_groups=8)
+UNET_CONFIGS = {"base": UNET_CONFIG, "small": SMALL_UNET_CONFIG}
 SCHEDULER_CONFIG = {
     "num_train_timesteps": 1000, "beta_schedule": "squaredcos_cap_v2", "beta_start": 0.0001,
     "beta_end": 0.02, "prediction_type": "epsilon", "clip_sample": True, "clip_sample_range": 1.0,
@@ -176,6 +180,7 @@ class DiffusersUNet2D(nn.Module):
 
     def __init__(self, config: dict = UNET_CONFIG):
         super().__init__()
+        self.config = dict(config)
         if (config.get("add_attention", True) or any(b != "DownBlock2D" for b in config["down_block_types"])
                 or any(b != "UpBlock2D" for b in config["up_block_types"])):
             raise ValueError("DiffusersUNet2D replicates only attention-free DownBlock2D/UpBlock2D configs")
@@ -227,7 +232,7 @@ def cosine_alphas_cumprod(num_train_timesteps: int = 1000, max_beta: float = 0.9
     return torch.cumprod(1.0 - betas, dim=0)
 
 
-def write_ddpm_pipeline(model: nn.Module, out: Path, dtype=torch.float32) -> Path:
+def write_ddpm_pipeline(model: "DiffusersUNet2D", out: Path, dtype=torch.float32) -> Path:
     """A ``DDPMPipeline`` folder diffusers can ``from_pretrained`` (no diffusers needed here)."""
     (out / "unet").mkdir(parents=True, exist_ok=True)
     (out / "scheduler").mkdir(parents=True, exist_ok=True)
@@ -235,7 +240,7 @@ def write_ddpm_pipeline(model: nn.Module, out: Path, dtype=torch.float32) -> Pat
         "_class_name": "DDPMPipeline", "_diffusers_version": DIFFUSERS_VERSION,
         "scheduler": ["diffusers", "DDPMScheduler"], "unet": ["diffusers", "UNet2DModel"]}, indent=2))
     (out / "unet" / "config.json").write_text(json.dumps(
-        {"_class_name": "UNet2DModel", "_diffusers_version": DIFFUSERS_VERSION, **UNET_CONFIG}, indent=2))
+        {"_class_name": "UNet2DModel", "_diffusers_version": DIFFUSERS_VERSION, **model.config}, indent=2))
     (out / "scheduler" / "scheduler_config.json").write_text(json.dumps(
         {"_class_name": "DDPMScheduler", "_diffusers_version": DIFFUSERS_VERSION, **SCHEDULER_CONFIG}, indent=2))
     state = {k: v.detach().to(dtype) for k, v in model.state_dict().items()}
@@ -265,15 +270,20 @@ def random_shift(x: torch.Tensor, generator: torch.Generator, max_shift: int = 1
     return flat.gather(2, idx.flatten(1)[:, None, :].expand(-1, flat.shape[1], -1)).view_as(x)
 
 
-def train_ddpm(x, *, device, time_budget, max_steps, batch_size, lr, seed, log, init=None, warmup=100):
+def train_ddpm(x, *, device, time_budget, max_steps, batch_size, lr, seed, log, init=None, warmup=100,
+               config=UNET_CONFIG):
     gen = torch.Generator(device=device).manual_seed(seed)
     torch.manual_seed(seed)
-    model = DiffusersUNet2D()
     if init is not None:  # continue from a saved pipeline folder (e.g. a short CPU run)
         from safetensors.torch import load_file
 
+        config = {k: v for k, v in json.loads((Path(init) / "unet" / "config.json").read_text()).items()
+                  if not k.startswith("_")}
+        model = DiffusersUNet2D(config)
         model.load_state_dict(load_file(str(Path(init) / "unet" / "diffusion_pytorch_model.safetensors")))
         log(f"ddpm initialised from {init}")
+    else:
+        model = DiffusersUNet2D(config)
     model = model.to(device)
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
@@ -407,6 +417,9 @@ def main(argv=None) -> None:
     p.add_argument("--value-rollouts", type=int, default=2048)
     p.add_argument("--value-num-steps", type=int, default=50)
     p.add_argument("--value-train-steps", type=int, default=3000)
+    p.add_argument("--unet", choices=["auto", "base", "small"], default="auto",
+                   help="UNet size: base (1.5 M params) on GPU, small (0.26 M) on CPU by default")
+    p.add_argument("--classifiers-from", default=None, help="load classifier(-eval).safetensors from here")
     p.add_argument("--init", default=None, help="continue training from this digits-ddpm folder")
     p.add_argument("--smoke", action="store_true", help="tiny sizes for a CPU check")
     args = p.parse_args(argv)
@@ -416,6 +429,8 @@ def main(argv=None) -> None:
     device = torch.device(args.device)
     if args.batch_size is None:
         args.batch_size = 256 if device.type == "cuda" else 64
+    if args.unet == "auto":
+        args.unet = "base" if device.type == "cuda" else "small"
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     logf = open(out / "train.log", "a")
@@ -432,12 +447,22 @@ def main(argv=None) -> None:
 
     # 2. classifiers first (fast; the value fit needs the reward one)
     test = split == 2
-    reward_clf, report["classifier"] = train_classifier(
-        x[split == 0], y[split == 0], x[test], y[test], width=32, dropout=0.0, seed=args.seed + 1, device=device,
-        epochs=args.classifier_epochs, log=log, name="reward classifier (split A)")
-    eval_clf, report["classifier_eval"] = train_classifier(
-        x[split == 1], y[split == 1], x[test], y[test], width=48, dropout=0.2, seed=args.seed + 2, device=device,
-        epochs=args.classifier_epochs, log=log, name="evaluation classifier (split B)")
+    if args.classifiers_from:  # reuse classifiers trained earlier (same data and split)
+        src = Path(args.classifiers_from)
+        reward_clf = networks.load_network(src / "classifier.safetensors", device=device)
+        eval_clf = networks.load_network(src / "classifier-eval.safetensors", device=device)
+        for key, model in (("classifier", reward_clf), ("classifier_eval", eval_clf)):
+            with torch.no_grad():
+                acc = (model(x[test]).argmax(1) == y[test]).float().mean().item()
+            report[key] = {"loaded_from": str(src), "test_accuracy": acc}
+            log(f"{key} loaded from {src}: held-out accuracy {acc:.4f}")
+    else:
+        reward_clf, report["classifier"] = train_classifier(
+            x[split == 0], y[split == 0], x[test], y[test], width=32, dropout=0.0, seed=args.seed + 1, device=device,
+            epochs=args.classifier_epochs, log=log, name="reward classifier (split A)")
+        eval_clf, report["classifier_eval"] = train_classifier(
+            x[split == 1], y[split == 1], x[test], y[test], width=48, dropout=0.2, seed=args.seed + 2, device=device,
+            epochs=args.classifier_epochs, log=log, name="evaluation classifier (split B)")
     networks.save_network(reward_clf, out / "classifier.safetensors", trained_on="digits16 split A",
                           test_accuracy=report["classifier"]["test_accuracy"])
     networks.save_network(eval_clf, out / "classifier-eval.safetensors", trained_on="digits16 split B",
@@ -446,7 +471,8 @@ def main(argv=None) -> None:
     # 1. DDPM on splits A + B
     train_x = x[split != 2]
     ema, report["ddpm"] = train_ddpm(train_x, device=device, time_budget=args.time_budget, max_steps=args.max_steps,
-                                     batch_size=args.batch_size, lr=args.lr, seed=args.seed, log=log, init=args.init)
+                                     batch_size=args.batch_size, lr=args.lr, seed=args.seed, log=log, init=args.init,
+                                     config=UNET_CONFIGS[args.unet])
     report["ddpm"]["eval_eps_mse_heldout"] = ddpm_eval_loss(ema, x[test], device=device, seed=args.seed)
     report["ddpm"]["num_parameters"] = sum(p.numel() for p in ema.parameters())
     write_ddpm_pipeline(ema, out / "digits-ddpm", dtype=torch.float32)

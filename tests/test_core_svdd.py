@@ -58,8 +58,10 @@ def test_pm_and_mc_raise_mean_reward_above_ancestral(toyname, mtoy, gtoy):
     n = 1000
     base = svdd.sample(proc, toy.reward, method="ancestral", num_samples=n, num_steps=K, generator=g)
     pm = svdd.sample(proc, toy.reward, method="svdd-pm", num_samples=n, num_steps=K, num_candidates=8, generator=g)
-    net = (svdd.values.learned.TokenValueNet(4, 3, dim=32, depth=1) if toyname == "masked"
-           else svdd.values.learned.VectorValueNet(1, hidden=32, depth=2))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        net = (svdd.values.learned.TokenValueNet(4, 3, dim=32, depth=1) if toyname == "masked"
+               else svdd.values.learned.VectorValueNet(1, hidden=32, depth=2))
     value, cost = svdd.values.fit_value(proc, toy.reward, num_rollouts=256, num_steps=K, train_steps=200,
                                         network=net, generator=g)
     mc = svdd.sample(proc, toy.reward, method="svdd-mc", value_fn=value, num_samples=n, num_steps=K,

@@ -28,7 +28,7 @@ def _script(name):
 ti = _script("train_images")
 
 
-@pytest.mark.parametrize("config", [ti.UNET_CONFIG,
+@pytest.mark.parametrize("config", [ti.UNET_CONFIG, ti.SMALL_UNET_CONFIG,
                                     dict(ti.UNET_CONFIG, block_out_channels=[8, 16], norm_num_groups=4,
                                          down_block_types=["DownBlock2D"] * 2, up_block_types=["UpBlock2D"] * 2,
                                          layers_per_block=1, in_channels=3, out_channels=3, sample_size=8)])
@@ -56,9 +56,10 @@ def test_cosine_schedule_is_diffusers_squaredcos():
     torch.testing.assert_close(ti.cosine_alphas_cumprod(), sched.alphas_cumprod)
 
 
-def test_written_pipeline_loads_in_diffusers_and_svdd(tmp_path):
+@pytest.mark.parametrize("size", ["base", "small"])
+def test_written_pipeline_loads_in_diffusers_and_svdd(tmp_path, size):
     torch.manual_seed(0)
-    twin = ti.DiffusersUNet2D().eval()
+    twin = ti.DiffusersUNet2D(ti.UNET_CONFIGS[size]).eval()
     folder = ti.write_ddpm_pipeline(twin, tmp_path / "digits-ddpm")
     pipe = diffusers.DDPMPipeline.from_pretrained(str(folder))
     for k, v in twin.state_dict().items():

@@ -26,10 +26,6 @@ calls ``P·K``. Budget knob: ``num_particles``. Needs a differentiable reward.
 
 from __future__ import annotations
 
-import math
-
-import torch
-
 from ..process.guided import GuidedProcess
 from ..resampling import ess
 from ._common import Run, check_common

@@ -101,6 +101,13 @@ def check_backend(backend: str) -> str:
     return backend
 
 
+def check_retry_args(max_retries, timeout_s) -> None:
+    if not isinstance(max_retries, int) or isinstance(max_retries, bool) or max_retries < 0:
+        raise DistributedError(f"max_retries must be an integer >= 0, got {max_retries!r}")
+    if timeout_s is not None and not (isinstance(timeout_s, (int, float)) and timeout_s > 0):
+        raise DistributedError(f"timeout_s must be a number of seconds > 0, got {timeout_s!r}")
+
+
 def _one_line(err: BaseException) -> str:
     text = f"{type(err).__name__}: {err}".strip().replace("\n", " ")
     return text[:400]
@@ -372,12 +379,15 @@ class RayBackend:
 
     def __init__(self, init_fn: Callable, init_args: tuple = (), *, num_workers: Optional[int] = None,
                  ray_address: Optional[str] = None, worker_options: Optional[dict] = None,
-                 threads_per_worker: Optional[int] = None):
+                 threads_per_worker: Optional[int] = None, max_workers: Optional[int] = None):
         self.ray = ensure_ray(ray_address, num_cpus=None if ray_address else max(os.cpu_count() or 1, num_workers or 1))
-        if num_workers is None:
-            num_workers = max(1, int(self.ray.cluster_resources().get("CPU", 1)))
-        self.num_workers = int(num_workers)
         self.options = {"num_cpus": 1, "max_restarts": 0, **(worker_options or {})}
+        if num_workers is None:   # as many as the cluster has room for (one CPU, or one GPU, each)
+            resources = self.ray.cluster_resources()
+            per = self.options.get("num_gpus") or self.options.get("num_cpus") or 1
+            num_workers = max(1, int(resources.get("GPU" if self.options.get("num_gpus") else "CPU", 1) // per))
+            num_workers = min(num_workers, max_workers or num_workers)
+        self.num_workers = int(num_workers)
         self.threads = threads_per_worker or max(1, int(self.options.get("num_cpus", 1)))
         self.remote_cls = self.ray.remote(_ActorBody)
         self.init = (init_fn, init_args)
@@ -470,17 +480,21 @@ def _ray_cause(err: BaseException) -> BaseException:
 
 def make_backend(backend: str, init_fn: Callable, init_args: tuple = (), *, num_workers: Optional[int] = None,
                  ray_address: Optional[str] = None, worker_options: Optional[dict] = None,
-                 threads_per_worker: Optional[int] = None, worker_env: Optional[list[dict]] = None):
+                 threads_per_worker: Optional[int] = None, worker_env: Optional[list[dict]] = None,
+                 max_workers: Optional[int] = None):
+    """The pool for ``backend``; ``num_workers=None`` picks the CPU count (process) or the
+    cluster's capacity (ray), at most ``max_workers``."""
     check_backend(backend)
     if num_workers is not None and (not isinstance(num_workers, int) or num_workers < 1):
         raise DistributedError(f"num_workers must be an integer >= 1, got {num_workers!r}")
     if backend == "local":
         return LocalBackend(init_fn, init_args)
     if backend == "process":
-        return ProcessBackend(init_fn, init_args, num_workers=num_workers or min(os.cpu_count() or 1, 8),
+        default = min(os.cpu_count() or 1, max_workers or os.cpu_count() or 1)
+        return ProcessBackend(init_fn, init_args, num_workers=num_workers or default,
                               threads_per_worker=threads_per_worker, worker_env=worker_env)
     return RayBackend(init_fn, init_args, num_workers=num_workers, ray_address=ray_address,
-                      worker_options=worker_options, threads_per_worker=threads_per_worker)
+                      worker_options=worker_options, threads_per_worker=threads_per_worker, max_workers=max_workers)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -491,10 +505,7 @@ def run_tasks(backend, tasks: list[Task], *, counters: PoolCounters, on_result: 
     ``max_retries`` times per task, after ``split`` if given), kill and replace workers that time
     out or die. ``on_result(task, value)`` is called as each task finishes, ``on_failure(task)``
     for a task that failed every attempt; the other tasks always run to the end."""
-    if not isinstance(max_retries, int) or max_retries < 0:
-        raise DistributedError(f"max_retries must be an integer >= 0, got {max_retries!r}")
-    if timeout_s is not None and not timeout_s > 0:
-        raise DistributedError(f"timeout_s must be > 0 seconds, got {timeout_s!r}")
+    check_retry_args(max_retries, timeout_s)
     pending = deque(tasks)
     busy: dict[int, tuple[Task, float]] = {}
 

@@ -27,7 +27,7 @@ from typing import Callable, Hashable, MutableMapping, Optional
 import torch
 from torch import Tensor
 
-from .pool import DistributedError, PoolCounters, Task, check_backend, make_backend, run_tasks
+from .pool import DistributedError, PoolCounters, Task, check_backend, check_retry_args, make_backend, run_tasks
 
 
 def row_key(row: Tensor) -> Hashable:
@@ -86,10 +86,7 @@ class RewardPool:
         check_backend(backend)
         if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
             raise DistributedError(f"chunk_size must be an integer >= 1, got {chunk_size!r}")
-        if not isinstance(max_retries, int) or max_retries < 0:
-            raise DistributedError(f"max_retries must be an integer >= 0, got {max_retries!r}")
-        if timeout_s is not None and not timeout_s > 0:
-            raise DistributedError(f"timeout_s must be > 0 seconds, got {timeout_s!r}")
+        check_retry_args(max_retries, timeout_s)
         self.backend_name = backend
         self.timeout_s = timeout_s
         self.max_retries = max_retries

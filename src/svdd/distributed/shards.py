@@ -26,7 +26,8 @@ import torch
 
 from ..algorithms import get_algorithm
 from ..types import SampleResult
-from .pool import PoolCounters, Task, TaskFailure, DistributedError, make_backend, run_tasks
+from .pool import (DistributedError, PoolCounters, Task, TaskFailure, check_backend, check_retry_args, make_backend,
+                   run_tasks)
 
 SEED_STRIDE = 1_000_003
 BASELINE_SEED_OFFSET = 500_009   # the CLI's pretrained-baseline shards
@@ -136,6 +137,10 @@ def run_sharded(method: str, process_factory: Callable, reward_factory: Callable
     shard_size = num_samples if shard_size is None else shard_size
     if not isinstance(shard_size, int) or shard_size < 1:
         raise DistributedError(f"shard_size must be a positive integer, got {shard_size!r}")
+    check_backend(backend)
+    check_retry_args(max_retries, timeout_s)
+    if num_workers is not None and (not isinstance(num_workers, int) or num_workers < 1):
+        raise DistributedError(f"num_workers must be an integer >= 1, got {num_workers!r}")
     if "num_steps" not in method_kwargs:
         raise DistributedError("run_sharded needs num_steps=... (passed on to the algorithm)")
     for reserved in ("generator", "callback", "num_samples"):
@@ -172,14 +177,12 @@ def run_sharded(method: str, process_factory: Callable, reward_factory: Callable
     backend_obj = None
     workers_used = 0
     if todo:
-        if num_workers is None and backend == "process":
-            num_workers = max(1, min(os.cpu_count() or 1, len(todo)))
-        if backend == "ray" and num_workers is not None:
+        if num_workers is not None:   # never more workers than shards
             num_workers = min(num_workers, len(todo))
         backend_obj = make_backend(backend, ShardWorker, (process_factory, reward_factory, value_factory),
                                    num_workers=num_workers, ray_address=ray_address, worker_options=worker_options,
-                                   threads_per_worker=threads_per_worker,
-                                   worker_env=worker_env)
+                                   threads_per_worker=threads_per_worker, worker_env=worker_env,
+                                   max_workers=len(todo))
         workers_used = backend_obj.num_workers
 
         def on_result(task: Task, shard: dict) -> None:

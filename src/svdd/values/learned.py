@@ -26,6 +26,12 @@ from torch import Tensor, nn
 from ..nn.denoisers import timestep_embedding
 
 
+def _cpu(generator: Optional[torch.Generator]) -> torch.Generator:
+    if generator is not None and generator.device.type == "cpu":
+        return generator
+    return torch.Generator().manual_seed(0 if generator is None else int(generator.initial_seed()))
+
+
 class TokenValueNet(nn.Module):
     """Tokens (mask included) + time -> scalar: small transformer, mean pooling."""
 
@@ -178,13 +184,15 @@ def fit_value(process, reward_fn, *, num_rollouts: int = 256, num_steps: int = 5
     X, T, R = torch.cat(states), torch.cat(times), torch.cat(targets)
     time_scale = float(process.timesteps(1)[0])  # t of pure noise: 1 (masked) or T (gaussian)
     mean, std = float(R.mean()), float(R.std().clamp_min(1e-6)) if R.numel() > 1 else 1.0
-    network = network if network is not None else default_network(process)
+    if network is None:  # initialise from the caller's generator, not the global RNG
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(torch.randint(0, 2**31, (1,), generator=_cpu(generator)).item()))
+            network = default_network(process)
     value = LearnedValue(network, time_scale, mean, std, meta={"loss": loss, "alpha": alpha, "num_steps": num_steps})
     device = torch.device(device) if device is not None else getattr(process, "device", torch.device("cpu"))
     value.to(device).train()
     opt = torch.optim.AdamW(value.parameters(), lr=lr, weight_decay=0.0)
-    cpu_gen = torch.Generator().manual_seed(int(torch.randint(0, 2**31, (1,), generator=generator).item())
-                                            if generator is not None and generator.device.type == "cpu" else 0)
+    cpu_gen = torch.Generator().manual_seed(int(torch.randint(0, 2**31, (1,), generator=_cpu(generator)).item()))
     shift = float(R.max())
     final = float("nan")
     for step in range(train_steps):
