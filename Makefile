@@ -24,6 +24,7 @@ test: install
 	$(PY) -m pytest -q -m "not slow and not gpu" tests
 
 test-slow: install
+	$(PY) -m pip install -q -e ".[all,dev,distributed]"
 	$(PY) -m pytest -q -m "slow and not gpu" tests
 
 bench: install

@@ -118,6 +118,10 @@ def main(argv=None) -> dict:
     torch.set_num_threads(1)
     from svdd.distributed import RewardPool
 
+    if args.backend == "ray":   # all pools stay up (interleaved timing): one logical CPU per worker of each
+        from svdd.distributed import ensure_ray
+
+        ensure_ray(num_cpus=sum(args.workers))
     x = load_molecules(args.num_molecules)
     factory = make_factory(args.reward)
     load_before = os.getloadavg()

@@ -92,3 +92,13 @@ def test_fit_value_then_svdd_mc(tmp_path, capsys):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["value_training_cost"]["nfe"] == 64 * 10
     assert summary["counters"]["value_calls"] > 0
+
+
+def test_process_backend_gives_the_same_samples_as_local(tmp_path):
+    base = ["sample", "--domain", "toy-masked", "--method", "svdd-pm", "--num-samples", "12", "--batch-size", "4",
+            "--num-candidates", "4", "--seed", "1", "--quiet", "--no-baseline"]
+    assert main(base + ["--out", str(tmp_path / "local")]) == 0
+    assert main(base + ["--out", str(tmp_path / "proc"), "--backend", "process", "--workers", "2"]) == 0
+    assert read_csv(tmp_path / "local" / "samples.csv") == read_csv(tmp_path / "proc" / "samples.csv")
+    summary = json.loads((tmp_path / "proc" / "summary.json").read_text())
+    assert summary["counters"]["retries"] == 0 and summary["counters"]["failures"] == 0

@@ -17,8 +17,7 @@ import torch
 import svdd
 from svdd.cli import _run_shards
 from svdd.distributed import (BASELINE_SEED_OFFSET, DistributedError, DomainProcessFactory, DomainRewardFactory,
-                              RewardPool, TaskFailure, run_sharded, shard_plan, shard_seed)
-from svdd.domains import get_domain
+                              RewardPool, TaskFailure, ValueFactory, run_sharded, shard_plan, shard_seed)
 from svdd.rewards.base import as_reward
 
 GAUSS = DomainProcessFactory("toy-gaussian")
@@ -114,6 +113,17 @@ def test_coupled_methods_are_sharded_by_independent_groups():
     assert all(s["pool_size"] == 6 for s in bon.info["shards"])
 
 
+def test_value_factory_builds_the_svdd_mc_value_in_the_worker(tmp_path):
+    from svdd.values.learned import LearnedValue, VectorValueNet, load_value
+
+    torch.manual_seed(0)   # an untrained network: only the plumbing is under test
+    LearnedValue(VectorValueNet(1, hidden=8, depth=1), time_scale=1000.0).save(tmp_path / "value")
+    kwargs = dict(num_samples=5, shard_size=2, seed=0, num_steps=STEPS, num_candidates=3, alpha=0.5)
+    via_factory = run_sharded("svdd-mc", GAUSS, LINEAR, value_factory=ValueFactory(tmp_path / "value"), **kwargs)
+    direct = run_sharded("svdd-mc", GAUSS, LINEAR, value_fn=load_value(tmp_path / "value"), **kwargs)
+    assert torch.equal(via_factory.x0, direct.x0) and via_factory.info["value_calls"] > 0
+
+
 def test_failed_shard_is_retried_and_gives_the_same_samples(tmp_path):
     clean = run_sharded("svdd-pm", GAUSS, LINEAR, num_samples=11, shard_size=4, seed=1, num_steps=STEPS,
                         num_candidates=2, alpha=1.0)
@@ -160,6 +170,8 @@ def test_bad_arguments_give_one_line_errors():
         assert text in str(info.value) and "\n" not in str(info.value)
     with pytest.raises(DistributedError, match="needs num_steps"):
         run_sharded("ancestral", GAUSS, LINEAR, num_samples=4)
+    with pytest.raises(DistributedError, match="needs a fitted value"):
+        run_sharded("svdd-mc", GAUSS, LINEAR, num_samples=4, num_steps=2, backend="process")
     with pytest.raises(svdd.AlgorithmError, match="unknown method"):
         run_sharded("no-such-method", GAUSS, LINEAR, num_samples=4, num_steps=2)
 
@@ -209,14 +221,23 @@ def test_reward_pool_is_a_reward_fn_for_any_algorithm():
     direct = svdd.sample(process, LINEAR(), method="svdd-pm", generator=torch.Generator().manual_seed(0), **kwargs)
     with RewardPool(LINEAR, backend="local") as pool:
         pooled = svdd.sample(process, pool, method="svdd-pm", generator=torch.Generator().manual_seed(0), **kwargs)
+        # sampling in this process with the pool as the reward; the pool stays open afterwards
+        done = []
+        sharded = run_sharded("svdd-pm", lambda: process, lambda: pool, num_samples=6, shard_size=4, seed=0,
+                              num_steps=STEPS, num_candidates=3, alpha=0.5,
+                              on_shard_done=lambda i, shard: done.append((i, len(shard["x0"]))))
+        assert pool(torch.ones(1, 1)).item() == 1.0
+    reference = run_sharded("svdd-pm", GAUSS, LINEAR, num_samples=6, shard_size=4, seed=0, num_steps=STEPS,
+                            num_candidates=3, alpha=0.5)
     assert torch.equal(direct.x0, pooled.x0) and torch.allclose(direct.rewards, pooled.rewards)
+    assert torch.equal(sharded.x0, reference.x0) and done == [(0, 4), (1, 2)]
 
 
 # -- process backend ----------------------------------------------------------------------------------
 def test_process_backend_matches_local_samples():
     kwargs = dict(num_samples=10, shard_size=3, seed=4, num_steps=STEPS, num_candidates=3, alpha=0.5)
     local = run_sharded("svdd-pm", GAUSS, LINEAR, **kwargs)
-    spread = run_sharded("svdd-pm", GAUSS, LINEAR, backend="process", num_workers=2, **kwargs)
+    spread = run_sharded("svdd-pm", GAUSS, LINEAR, backend="process", num_workers=2, value_fn=None, **kwargs)
     assert torch.equal(local.x0, spread.x0) and torch.equal(local.rewards, spread.rewards)
     assert spread.info["num_workers"] == 2 and spread.info["completed"] == 4
     assert all(s["worker_pid"] != os.getpid() for s in spread.info["shards"])

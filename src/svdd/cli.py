@@ -125,8 +125,45 @@ def _shard_plan(num_samples: int, batch_size: int) -> list[int]:
     return sizes
 
 
+def _run_shards_distributed(label, method, kwargs, args, out: Path, show: bool) -> dict:
+    """``--backend process|ray``: each worker loads its own model, reward and value and runs whole
+    shards (``svdd.distributed.run_sharded``); shard seeds are those of the local loop below, so
+    the samples are identical to a local run."""
+    from .distributed import (BASELINE_SEED_OFFSET, DomainProcessFactory, DomainRewardFactory, ValueFactory,
+                              run_sharded)
+
+    spec = get_algorithm(method)
+    kwargs = {**spec.defaults, **kwargs}
+    options = {"oracle_dir": args.oracle_dir} if getattr(args, "oracle_dir", None) else {}
+    value_factory = None
+    if kwargs.get("value_fn") is not None:
+        kwargs.pop("value_fn")
+        value_factory = ValueFactory(args.value, device=args.device)
+    bar = _progress(args.num_samples, f"{label} {method} ({args.backend})", show)
+    try:
+        res = run_sharded(method, DomainProcessFactory(args.domain, args.model, device=args.device),
+                          DomainRewardFactory(args.domain, args.reward, **options), num_samples=args.num_samples,
+                          shard_size=args.batch_size or args.num_samples, seed=args.seed,
+                          seed_offset=0 if label == "method" else BASELINE_SEED_OFFSET, backend=args.backend,
+                          ray_address=args.ray_address, num_workers=args.workers, value_factory=value_factory,
+                          shard_dir=out / "shards" / label, resume=args.resume, num_steps=args.num_steps,
+                          on_shard_done=lambda i, shard: bar.update(len(shard["x0"])), **kwargs)
+    finally:
+        bar.close()
+    counters = {k: float(res.info.get(k, 0)) for k in ("nfe", "grad_passes", "value_calls", "reward_calls",
+                                                       "reward_invalid", "reward_errors")}
+    counters["wall_time_s"] = res.info["worker_time_s"]
+    counters["nfe_per_sample"] = res.info["nfe_per_sample"]
+    for k in ("retries", "failures", "timeouts", "worker_deaths", "worker_restarts"):
+        counters[k] = res.info[k]
+    return {"x0": res.x0, "rewards": res.rewards.float(), "counters": counters, "num_shards": res.info["num_shards"],
+            "shard_info": res.info["shards"], "coupling": res.info["coupling"]}
+
+
 def _run_shards(label, method, process, reward, kwargs, args, out: Path, show: bool) -> dict:
     """Run ``method`` in shards; shard i uses seed (args.seed, i). Returns merged arrays/counters."""
+    if getattr(args, "backend", "local") != "local":
+        return _run_shards_distributed(label, method, kwargs, args, out, show)
     spec = get_algorithm(method)
     shard_dir = out / "shards" / label
     shard_dir.mkdir(parents=True, exist_ok=True)
@@ -209,12 +246,21 @@ def cmd_sample(args) -> int:
             raise UserError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
         if config_path.exists():
             old = json.loads(config_path.read_text())
-            diff = [k for k in config if k not in ("device", "max_batch_size") and old.get(k) != config.get(k)]
+            free = ("device", "max_batch_size", "backend", "workers", "ray_address", "reward_workers", "reward_timeout")
+            diff = [k for k in config if k not in free and old.get(k) != config.get(k)]
             if diff:
                 raise UserError(f"--resume: {out} was run with different {', '.join(diff)}; use the same options")
     domain, process, reward, device = _load(args)
     if args.num_steps is None:
         args.num_steps = domain.default_num_steps
+    if args.reward_workers:
+        from .distributed import DomainRewardFactory, RewardPool
+
+        options = {"oracle_dir": args.oracle_dir} if args.oracle_dir else {}
+        reward = as_reward(RewardPool(DomainRewardFactory(args.domain, args.reward, **options), args.reward_workers,
+                                      backend="ray" if args.backend == "ray" else "process",
+                                      timeout_s=args.reward_timeout), name=reward.name,
+                           differentiable=False, invalid_value=reward.invalid_value)
     if process.kind not in spec.kinds:
         raise UserError(f"{args.method} does not support {process.kind} processes; use svdd-pm instead")
     if spec.needs_gradients and not reward.differentiable:
@@ -259,6 +305,7 @@ def cmd_sample(args) -> int:
         "reward_stats": _reward_stats(run["rewards"], args.seed),
         "metrics": metrics, "counters": run["counters"], "num_shards": run["num_shards"],
         "value_training_cost": value_cost,
+        "coupling": run.get("coupling"),
         "wall_time_s_this_invocation": time.time() - started,
         "files": [str(f.relative_to(out)) for f in files],
     }
@@ -403,6 +450,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--batch-size", type=int, default=None, help="samples per shard (default: all in one)")
     s.add_argument("--max-batch-size", type=int, default=None, help="cap on rows per denoiser call")
     s.add_argument("--no-baseline", dest="baseline", action="store_false", help="skip the pretrained baseline")
+    s.add_argument("--backend", choices=["local", "process", "ray"], default="local",
+                   help="run shards in this process, in worker processes, or on a Ray cluster")
+    s.add_argument("--workers", type=int, default=None, help="shard workers for --backend process|ray")
+    s.add_argument("--ray-address", default=None, help="join an existing Ray cluster (default: start a local one)")
+    s.add_argument("--reward-workers", type=int, default=None,
+                   help="evaluate the reward in a pool of N worker processes (or Ray actors with --backend ray)")
+    s.add_argument("--reward-timeout", type=float, default=None, help="seconds per reward task in the pool")
     s.add_argument("--out", required=True, help="run folder")
     s.add_argument("--resume", action="store_true", help="continue a killed run in --out")
     s.set_defaults(func=cmd_sample)

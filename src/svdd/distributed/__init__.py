@@ -16,11 +16,11 @@ Backends: ``local`` (in-process, the default), ``process`` (``multiprocessing``)
 (``pip install 'svdd[distributed]'``).
 """
 
-from .factories import DomainProcessFactory, DomainRewardFactory
+from .factories import DomainProcessFactory, DomainRewardFactory, ValueFactory
 from .pool import BACKENDS, DistributedError, PoolCounters, TaskFailure, ensure_ray, import_ray
 from .rewards import RewardPool, row_key
 from .shards import BASELINE_SEED_OFFSET, COUPLED, run_sharded, shard_plan, shard_seed
 
 __all__ = ["run_sharded", "RewardPool", "DistributedError", "TaskFailure", "PoolCounters", "BACKENDS",
            "shard_plan", "shard_seed", "BASELINE_SEED_OFFSET", "COUPLED", "DomainProcessFactory",
-           "DomainRewardFactory", "import_ray", "ensure_ray", "row_key"]
+           "DomainRewardFactory", "ValueFactory", "import_ray", "ensure_ray", "row_key"]

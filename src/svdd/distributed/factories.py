@@ -5,6 +5,7 @@ docking worker computes its receptor maps), so the driver ships *recipes*, not o
 
     DomainProcessFactory("molecules", model=None, device="cuda")()   # -> MaskedProcess
     DomainRewardFactory("molecules", "docking:parp1", num_workers=1)()  # -> reward_fn
+    ValueFactory("runs/value-qed", device="cuda")()                    # -> fitted value_fn (svdd-mc)
 """
 
 from __future__ import annotations
@@ -36,3 +37,18 @@ class DomainRewardFactory:
 
     def __repr__(self) -> str:
         return f"DomainRewardFactory({self.domain!r}, {self.reward!r})"
+
+
+class ValueFactory:
+    """A fitted SVDD-MC value (``svdd fit-value`` output folder), loaded in the worker."""
+
+    def __init__(self, path: str, device: str = "cpu"):
+        self.path, self.device = str(path), device
+
+    def __call__(self):
+        from ..values.learned import load_value
+
+        return load_value(self.path, device=self.device)
+
+    def __repr__(self) -> str:
+        return f"ValueFactory({self.path!r}, device={self.device!r})"

@@ -159,9 +159,9 @@ class LocalBackend:
         pass
 
     def close(self) -> None:
-        close = getattr(self.handler, "close", None)
-        if callable(close):
-            close()
+        # the factories may have returned the caller's own objects (a RewardPool, a loaded
+        # process): leave them open; what was built here is freed with the handler
+        self.handler = None
 
 
 # ------------------------------------------------------------------------------------------------
@@ -379,7 +379,8 @@ class RayBackend:
 
     def __init__(self, init_fn: Callable, init_args: tuple = (), *, num_workers: Optional[int] = None,
                  ray_address: Optional[str] = None, worker_options: Optional[dict] = None,
-                 threads_per_worker: Optional[int] = None, max_workers: Optional[int] = None):
+                 threads_per_worker: Optional[int] = None, max_workers: Optional[int] = None,
+                 startup_timeout_s: float = 300.0):
         self.ray = ensure_ray(ray_address, num_cpus=None if ray_address else max(os.cpu_count() or 1, num_workers or 1))
         self.options = {"num_cpus": 1, "max_restarts": 0, **(worker_options or {})}
         if num_workers is None:   # as many as the cluster has room for (one CPU, or one GPU, each)
@@ -388,6 +389,12 @@ class RayBackend:
             num_workers = max(1, int(resources.get("GPU" if self.options.get("num_gpus") else "CPU", 1) // per))
             num_workers = min(num_workers, max_workers or num_workers)
         self.num_workers = int(num_workers)
+        total = self.ray.cluster_resources()
+        for res, key in (("CPU", "num_cpus"), ("GPU", "num_gpus")):
+            need = float(self.options.get(key) or 0) * self.num_workers
+            if need > total.get(res, 0.0) + 1e-9:
+                raise DistributedError(f"{self.num_workers} Ray workers need {need:g} {res} but the cluster has "
+                                       f"{total.get(res, 0.0):g}; lower num_workers or worker_options[{key!r}]")
         self.threads = threads_per_worker or max(1, int(self.options.get("num_cpus", 1)))
         self.remote_cls = self.ray.remote(_ActorBody)
         self.init = (init_fn, init_args)
@@ -396,8 +403,15 @@ class RayBackend:
         self.state = ["down"] * self.num_workers
         for w in range(self.num_workers):
             self._start(w)
+        refs = [self.refs[w] for w in range(self.num_workers)]
+        ready, _ = self.ray.wait(refs, num_returns=len(refs), timeout=startup_timeout_s)
+        if len(ready) < len(refs):
+            self.close()
+            raise DistributedError(f"{len(refs) - len(ready)} of {len(refs)} Ray workers did not start within "
+                                   f"{startup_timeout_s:g} s; the cluster may be busy (other pools hold its "
+                                   "resources): close them, or lower num_workers")
         try:
-            metas = self.ray.get([self.refs[w] for w in range(self.num_workers)])
+            metas = self.ray.get(refs)
         except Exception as err:
             self.close()
             raise DistributedError(f"a Ray worker could not build its handler: {_one_line(_ray_cause(err))}") from None

@@ -147,13 +147,18 @@ def run_sharded(method: str, process_factory: Callable, reward_factory: Callable
         if reserved in method_kwargs:
             raise DistributedError(f"do not pass {reserved}= to run_sharded: shards derive their own "
                                    "(seed= sets the generators, num_samples= and shard_size= the sizes)")
-    if "value_fn" in method_kwargs and backend != "local":
+    if spec.needs_value and method_kwargs.get("value_fn") is None and value_factory is None:
+        raise DistributedError(f"{method} needs a fitted value: pass value_factory=ValueFactory(path) "
+                               "(or value_fn= with the local backend)")
+    if method_kwargs.get("value_fn") is not None and backend != "local":
         raise DistributedError("pass value_factory= (built once per worker) instead of value_fn= with a "
                                f"{backend!r} backend")
     started = time.perf_counter()
     sizes = shard_plan(num_samples, shard_size)
     seeds = [shard_seed(seed, i, seed_offset) for i in range(len(sizes))]
     kwargs = dict(method_kwargs)
+    if backend != "local":
+        kwargs.pop("value_fn", None)   # None here; the workers build value_factory()
 
     finished: dict[int, dict] = {}
     folder = Path(shard_dir) if shard_dir is not None else None
