@@ -39,6 +39,7 @@ def main(argv=None) -> None:
 
     import svdd
     from svdd.domains import get_domain
+    from svdd.metrics.stats import quantile_summary
     from svdd.domains.images.viz import X0HatRecorder, best_and_median, save_grid
 
     domain = get_domain("images")
@@ -66,22 +67,26 @@ def main(argv=None) -> None:
         res = svdd.sample(process, reward, method=method, num_samples=args.num_samples, num_steps=args.num_steps,
                           generator=torch.Generator().manual_seed(args.seed), callback=recorder, **kwargs)
         wall = time.perf_counter() - start
-        r = res.rewards.float()
+        stats = quantile_summary(res.rewards.float().numpy(), seed=args.seed)
         metrics = domain.metrics(res.x0, domain.decode(res.x0), process)
-        row = {"method": method, "reward": args.reward, "median": float(r.median()), "mean": float(r.mean()),
-               "top10": float(torch.quantile(r, 0.9)), "nfe_per_sample": res.info["nfe"] / args.num_samples,
+        row = {"method": method, "reward": args.reward, "median": stats["median"], "median_ci": stats["median_ci"],
+               "mean": stats["mean"], "top10": stats["top10"], "top10_ci": stats["top10_ci"],
+               "nfe_per_sample": res.info["nfe"] / args.num_samples,
                "wall_time_s": round(wall, 2), **{k: v for k, v in metrics.items() if not isinstance(v, list)},
                "eval_digit_counts": metrics.get("eval_digit_counts")}
         if "cost" in getattr(kwargs.get("value_fn"), "meta", {}):
             row["value_training_cost"] = kwargs["value_fn"].meta["cost"]
         if eval_reward is not None:
-            row[f"eval:{args.eval_reward}:median"] = float(eval_reward(res.x0).median())
+            ev = quantile_summary(eval_reward(res.x0).detach().float().numpy(), seed=args.seed)
+            row[f"eval:{args.eval_reward}"] = {"median": ev["median"], "median_ci": ev["median_ci"], "mean": ev["mean"]}
         rows.append(row)
         print(json.dumps(row), flush=True)
         if figures:
             best, median = best_and_median(res.rewards, 16)
             save_grid(figures / f"{tag}_{method}_best.png", res.x0[best], ncols=8)
             save_grid(figures / f"{tag}_{method}_median.png", res.x0[median], ncols=8)
+            if method == "ancestral":
+                save_grid(figures / f"{method}_samples.png", res.x0, ncols=8)
             if recorder is not None:
                 recorder.save(figures / f"{tag}_{method}_x0hat_strip.png", max_frames=10)
     if args.out:

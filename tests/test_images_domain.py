@@ -230,3 +230,21 @@ def test_shipped_digits_model_makes_digits():
     # the independent evaluation classifier is confident on the samples and sees several digits
     assert metrics["eval_confidence_mean"] > 0.7
     assert sum(c > 0 for c in metrics["eval_digit_counts"]) >= 6
+
+
+@pytest.mark.skipif(not SHIPPED, reason="digits DDPM weights not installed")
+def test_shipped_model_svdd_raises_the_classifier_reward():
+    process = DOMAIN.load_process()
+    reward = DOMAIN.make_reward("classifier:0")
+    kwargs = dict(num_samples=8, num_steps=10, generator=torch.Generator().manual_seed(0))
+    base = svdd.sample(process, reward, method="ancestral", **kwargs)
+    tilted = svdd.sample(process, reward, method="svdd-pm", num_candidates=4, **kwargs)
+    assert tilted.rewards.median() > base.rewards.median() + 1.0
+    path = DOMAIN.extra["values"]["classifier:0"]
+    if path.exists():
+        from svdd.values.learned import load_value
+
+        value = load_value(path)
+        assert value.meta["cost"]["nfe"] > 0
+        mc = svdd.sample(process, reward, method="svdd-mc", value_fn=value, num_candidates=4, **kwargs)
+        assert mc.rewards.median() > base.rewards.median()

@@ -108,12 +108,16 @@ def _load(args):
             raise UserError(f"--diffusers works only with --domain images, not {args.domain!r}")
         if not Path(args.diffusers).exists():
             raise UserError(f"--diffusers {args.diffusers}: no such folder")
-        process = loader(args.diffusers, device)
+        options = {k: v for k, v in (("prompt", getattr(args, "prompt", None)),
+                                     ("guidance_scale", getattr(args, "guidance_scale", None))) if v is not None}
+        process = loader(args.diffusers, device, **options)
     else:
         process = domain.load_process(args.model, device=device)
     reward_options = {}
     if getattr(args, "oracle_dir", None):
         reward_options["oracle_dir"] = args.oracle_dir
+    if domain.extra.get("reward_needs_process"):
+        reward_options["process"] = process
     reward = as_reward(domain.make_reward(args.reward, **reward_options))
     return domain, process, reward, device
 
@@ -294,7 +298,7 @@ def cmd_sample(args) -> int:
     _histogram(out / "reward_hist.png", run["rewards"], baseline["rewards"] if baseline else None, args.method, reward.name)
     files.append(out / "reward_hist.png")
     if domain.write_files:
-        files += list(domain.write_files(out, run["x0"], decoded, run["rewards"], {"reward": reward.name}) or [])
+        files += list(domain.write_files(out, run["x0"], decoded, run["rewards"], {"reward": reward.name, "process": process}) or [])
 
     summary = {
         "svdd_version": __version__, "git_revision": _git_revision(), "config": config,
@@ -436,6 +440,8 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 or auto")
         sp.add_argument("--oracle-dir", default=None, help="folder of third-party oracle weights (rna)")
         sp.add_argument("--diffusers", default=None, help="a saved diffusers pipeline/model folder (images)")
+        sp.add_argument("--prompt", default=None, help="text prompt for a text-conditioned --diffusers pipeline")
+        sp.add_argument("--guidance-scale", type=float, default=None, help="classifier-free guidance scale (--diffusers)")
         sp.add_argument("--quiet", action="store_true", help="no progress bars or tables")
 
     s = sub.add_parser("sample", help="draw reward-aligned samples and write a run folder")

@@ -158,7 +158,8 @@ def fit_value(process, reward_fn, *, num_rollouts: int = 256, num_steps: int = 5
               generator: Optional[torch.Generator] = None, device=None, rollout_batch_size: int = 256,
               log: Optional[Callable[[str], None]] = None, progress: bool = False):
     """Fit an SVDD-MC value on pretrained rollouts. Returns ``(LearnedValue, cost)`` with
-    ``cost = {nfe, reward_calls, wall_time_s, num_rollouts, num_states, train_steps, final_loss}``."""
+    ``cost = {nfe, reward_calls, wall_time_s, num_rollouts, num_states, train_steps, final_train_loss,
+    heldout_mse, heldout_corr}`` — the last two on every 10th rollout, held out of training."""
     from ..algorithms._common import Run
     from ..algorithms.ancestral import rollout
 
@@ -166,7 +167,7 @@ def fit_value(process, reward_fn, *, num_rollouts: int = 256, num_steps: int = 5
         raise ValueError("loss must be 'mse' or 'exp'")
     start = time.perf_counter()
     run = Run(process, reward_fn)
-    states, times, targets = [], [], []
+    states, times, targets, ids = [], [], [], []
     iterator = range(0, num_rollouts, rollout_batch_size)
     if progress:
         from tqdm.auto import tqdm
@@ -181,7 +182,12 @@ def fit_value(process, reward_fn, *, num_rollouts: int = 256, num_steps: int = 5
                 states.append(x.cpu())
                 times.append(torch.full((n,), float(t)))
                 targets.append(r)
-    X, T, R = torch.cat(states), torch.cat(times), torch.cat(targets)
+                ids.append(torch.arange(i, i + n))
+    X, T, R, ID = torch.cat(states), torch.cat(times), torch.cat(targets), torch.cat(ids)
+    # hold out every 10th rollout (all its states) to report an honest fit quality
+    held = (ID % 10 == 9) if num_rollouts >= 10 else torch.zeros_like(ID, dtype=torch.bool)
+    Xh, Th, Rh = X[held], T[held], R[held]
+    X, T, R = X[~held], T[~held], R[~held]
     time_scale = float(process.timesteps(1)[0])  # t of pure noise: 1 (masked) or T (gaussian)
     mean, std = float(R.mean()), float(R.std().clamp_min(1e-6)) if R.numel() > 1 else 1.0
     if network is None:  # initialise from the caller's generator, not the global RNG
@@ -213,8 +219,16 @@ def fit_value(process, reward_fn, *, num_rollouts: int = 256, num_steps: int = 5
         if log and (step + 1) % max(train_steps // 10, 1) == 0:
             log(f"fit_value step {step + 1}/{train_steps} loss={final:.4g}")
     value.eval()
+    heldout = {}
+    if Xh.shape[0] > 1:
+        with torch.no_grad():
+            pred = torch.cat([value(Xh[j:j + 1024].to(device), Th[j:j + 1024].to(device)).cpu()
+                              for j in range(0, Xh.shape[0], 1024)])
+        heldout = {"heldout_rollouts": int((held.sum() // max(len(traj), 1)).item()),
+                   "heldout_mse": float((pred - Rh).pow(2).mean()),
+                   "heldout_corr": float(torch.corrcoef(torch.stack([pred, Rh]))[0, 1]) if float(Rh.std()) > 0 else float("nan")}
     cost = {"nfe": run.process.nfe, "reward_calls": run.reward.calls, "wall_time_s": time.perf_counter() - start,
             "num_rollouts": num_rollouts, "num_states": int(X.shape[0]), "train_steps": train_steps,
-            "final_loss": final, "loss": loss}
+            "final_train_loss": final, "loss": loss, **heldout}
     value.meta["cost"] = cost
     return value, cost

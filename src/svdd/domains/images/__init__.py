@@ -1,7 +1,7 @@
 """Images domain: diffusers models as Gaussian processes, a shipped 16×16 digits DDPM, and
 image rewards.
 
-Model ``digits-ddpm``: a diffusers ``UNet2DModel`` (1.5 M parameters) + ``DDPMScheduler``
+Model ``digits-ddpm``: a diffusers ``UNet2DModel`` (0.26 M parameters) + ``DDPMScheduler``
 (cosine schedule, T = 1000, ε-prediction) trained by ``scripts/train_images.py`` on
 scikit-learn's digits upscaled to 16×16, pixels in [-1, 1]. It is a normal diffusers folder
 (``DDPMPipeline.from_pretrained(svdd.domains.images.DIGITS_DDPM_PATH)`` works). Any other
