@@ -2,6 +2,7 @@
 small pretrained-vs-guided comparison with the shipped UTR models (numbers for docs/rna.md).
 
     python scripts/eval_rna.py oracle --oracle-dir ../shared/data/utr
+    python scripts/eval_rna.py models                      # ELBO of the shipped models
     python scripts/eval_rna.py sample --oracle-dir ../shared/data/utr --model utr-random \
         --methods ancestral,best-of-n,svdd-pm,svdd-mc,smc --num-samples 64 --seed 0 --out runs/rna-eval.json
 """
@@ -48,6 +49,23 @@ def cmd_oracle(args) -> dict:
                      "random_median": float(preds[name].median()), "random_top10": float(preds[name].quantile(0.9))}
     out["pearson_mrl_vs_mrl_eval_random"] = pearson(preds["mrl"], preds["mrl-eval"])
     out["random_uaug_vs_mrl_pearson"] = pearson(M.uaug_count(rnd).float(), preds["mrl"])
+    return out
+
+
+def cmd_models(args) -> dict:
+    """ELBO (nats per 50-mer) of each shipped model on random 50-mers and held-out DHS windows."""
+    from svdd.domains.rna.data import dhs_test_windows
+
+    dom = get_domain("rna")
+    sets = {"random_50mers": torch.randint(0, 4, (args.num_random, 50), generator=torch.Generator().manual_seed(args.seed)),
+            "dhs_test_windows": dhs_test_windows()}
+    out = {"uniform_log_likelihood": M.UNIFORM_LOG_LIKELIHOOD}
+    for name in dom.models:
+        process = dom.load_process(name)
+        out[name] = {}
+        for key, x in sets.items():
+            e = M.elbo(process, x, num_t_samples=16, seed=args.seed)
+            out[name][key] = {"elbo_mean": float(e.mean()), "stderr": float(e.std() / len(e) ** 0.5), "n": len(e)}
     return out
 
 
@@ -98,7 +116,7 @@ def cmd_sample(args) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("what", choices=["oracle", "sample"])
+    ap.add_argument("what", choices=["oracle", "models", "sample"])
     ap.add_argument("--oracle-dir", default=str(ROOT.parent / "shared" / "data" / "utr"))
     ap.add_argument("--model", default="utr-random")
     ap.add_argument("--reward", default="mrl")
@@ -115,7 +133,7 @@ def main() -> None:
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    out = cmd_oracle(args) if args.what == "oracle" else cmd_sample(args)
+    out = {"oracle": cmd_oracle, "models": cmd_models, "sample": cmd_sample}[args.what](args)
     text = json.dumps(out, indent=2)
     print(text)
     if args.out:

@@ -160,3 +160,19 @@ def test_committed_suites_parse(path):
     if not raw.get("quick"):
         with pytest.raises(BenchError, match="no 'quick:'"):
             load_suite(path, quick=True)
+
+
+def test_domain_metrics_get_alpha_and_num_steps_only_when_named():
+    # a domain metric that forwards **options to a stricter function must not receive them
+    from svdd.bench import _accepts
+
+    def named(x0, decoded, process=None, alpha: float = 1.0, num_steps: int = 8):
+        return {}
+
+    def forwarding(x0, decoded, process=None, **options):
+        return {}
+
+    assert _accepts(named, "alpha", explicit=True) and _accepts(named, "num_steps", explicit=True)
+    assert not _accepts(forwarding, "alpha", explicit=True)
+    assert not _accepts(forwarding, "num_steps", explicit=True)
+    assert _accepts(forwarding, "alpha")          # method hyperparameters still pass through **kwargs

@@ -103,7 +103,10 @@ def test_elbo_of_uniform_model_is_uniform_log_likelihood():
     x = torch.randint(0, 4, (256, 50), generator=torch.Generator().manual_seed(0))
     e = M.elbo(proc, x, num_t_samples=16)
     assert e.shape == (256,)
-    assert abs(float(e.mean()) - M.UNIFORM_LOG_LIKELIHOOD) < 0.02 * abs(M.UNIFORM_LOG_LIKELIHOOD)
+    # the size-biased estimator has no 1/t weight: a uniform denoiser gives L·ln 4 for every draw
+    assert torch.allclose(e, torch.full_like(e, M.UNIFORM_LOG_LIKELIHOOD), atol=1e-3)
+    legacy = -proc.nelbo(x, num_t_samples=16, generator=torch.Generator().manual_seed(0))
+    assert abs(float(legacy.mean()) - M.UNIFORM_LOG_LIKELIHOOD) < 1.0  # same integral, plain estimator
     assert torch.equal(e, M.elbo(proc, x, num_t_samples=16))  # fixed seed: deterministic
 
 
@@ -229,6 +232,6 @@ def test_shipped_models_likelihoods():
     rnd = torch.randint(0, 4, (256, 50), generator=torch.Generator().manual_seed(0))
     uniform, genomic = load_utr_process("utr-random"), load_utr_process("utr-genomic")
     # the uniform-data model sits at the uniform log-likelihood on anything
-    assert abs(float(M.elbo(uniform, rnd, num_t_samples=4).mean()) - M.UNIFORM_LOG_LIKELIHOOD) < 1.5
-    # the DHS model prefers held-out DHS windows to random sequences
-    assert float(M.elbo(genomic, dhs, num_t_samples=4).mean()) > float(M.elbo(genomic, rnd, num_t_samples=4).mean()) + 1.0
+    assert abs(float(M.elbo(uniform, rnd, num_t_samples=4).mean()) - M.UNIFORM_LOG_LIKELIHOOD) < 0.5
+    # the DHS model prefers held-out DHS windows to random sequences (measured: −68.6 vs −69.7)
+    assert float(M.elbo(genomic, dhs, num_t_samples=4).mean()) > float(M.elbo(genomic, rnd, num_t_samples=4).mean()) + 0.5

@@ -288,12 +288,14 @@ def load_suite(suite, *, quick: bool = False) -> dict:
     return data
 
 
-def _accepts(fn: Callable, name: str) -> bool:
+def _accepts(fn: Callable, name: str, *, explicit: bool = False) -> bool:
+    """Whether ``fn`` takes keyword ``name``; ``explicit`` ignores a ``**kwargs`` catch-all (a
+    domain metric that forwards ``**options`` to a stricter function must not get extras)."""
     try:
         params = inspect.signature(fn).parameters
     except (TypeError, ValueError):
-        return True
-    return name in params or any(p.kind == p.VAR_KEYWORD for p in params.values())
+        return not explicit
+    return name in params or (not explicit and any(p.kind == p.VAR_KEYWORD for p in params.values()))
 
 
 def _fmt(v) -> str:
@@ -741,9 +743,9 @@ def _metrics(ctx: _Context, x0, variant: dict) -> tuple[dict, dict]:
     if dom.metrics is not None:
         kwargs = {}
         alpha = variant["params"].get("alpha", ctx.suite.get("alpha"))
-        if alpha and _accepts(dom.metrics, "alpha"):
+        if alpha and _accepts(dom.metrics, "alpha", explicit=True):
             kwargs["alpha"] = float(alpha)
-        if _accepts(dom.metrics, "num_steps"):
+        if _accepts(dom.metrics, "num_steps", explicit=True):
             kwargs["num_steps"] = ctx.num_steps
         try:
             out = _scalars(dom.metrics(x0, decoded, ctx.process, **kwargs))

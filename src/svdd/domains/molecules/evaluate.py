@@ -1,6 +1,7 @@
 """Model quality of the molecule model from saved samples (MOSES-style metrics).
 
     python -m svdd.domains.molecules.evaluate RUN_DIR [--steps 32] [--out quality.json]
+    python -m svdd.domains.molecules.evaluate TOKENS.npy      # any (N, 48) uint8 token file
 
 reads ``RUN_DIR/samples_s{K}.npy`` (token ids written by ``scripts/train_molecules.py``) and
 ``RUN_DIR/train.json`` (test NELBO), decodes with ``RUN_DIR/moses-selfies/tokenizer.json`` (or
@@ -42,14 +43,25 @@ def evaluate_run(run_dir: Path, steps: int) -> dict:
     return out
 
 
+def evaluate_tokens(path: Path) -> dict:
+    x0 = torch.from_numpy(np.load(path).astype(np.int64))
+    start = time.time()
+    out = {"tokens": str(path), **molecule_metrics(decode(x0), min_fcd=1000)}
+    out["metrics_wall_time_s"] = time.time() - start
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("run_dir")
+    ap.add_argument("run_dir", help="training output folder, or a .npy file of token ids")
     ap.add_argument("--steps", type=int, nargs="+", default=[32])
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     torch.set_num_threads(1)
-    results = [evaluate_run(Path(args.run_dir), k) for k in args.steps]
+    if args.run_dir.endswith(".npy"):
+        results = [evaluate_tokens(Path(args.run_dir))]
+    else:
+        results = [evaluate_run(Path(args.run_dir), k) for k in args.steps]
     text = json.dumps(results if len(results) > 1 else results[0], indent=2)
     print(text)
     if args.out:

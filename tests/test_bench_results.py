@@ -1,0 +1,48 @@
+"""scripts/make_results.py: the issue-target checks read runs.jsonl and decide met / missed."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _module():
+    spec = importlib.util.spec_from_file_location("make_results", ROOT / "scripts" / "make_results.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _row(method, rewards, evals, diversity):
+    return {"status": "ok", "suite": "rna-quick", "reward": "mrl", "variant": method, "budget_index": 0,
+            "rewards": rewards, "eval_rewards": {"mrl-eval": evals}, "metrics": {"diversity": diversity}}
+
+
+def _write(tmp_path, rows):
+    run = tmp_path / "rna-quick"
+    run.mkdir()
+    (run / "runs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return run
+
+
+def test_targets_met_and_missed_follow_the_medians(tmp_path):
+    mod = _module()
+    base = [0.0, 0.1, 0.2, 0.3, 0.4]
+    rows = [_row("ancestral", base, base, 0.5),
+            _row("best-of-n", [v + 0.5 for v in base], [v + 0.4 for v in base], 0.45),
+            _row("smc", [v + 0.6 for v in base], [v + 0.95 for v in base], 0.3),
+            _row("svdd-pm", [v + 1.0 for v in base], [v + 0.9 for v in base], 0.48)]
+    md = mod.targets_md(_write(tmp_path, rows))
+    lines = [ln for ln in md.splitlines() if ln.startswith("| 9 ")]
+    assert len(lines) == 2
+    assert "smc 1.15" in lines[0] and lines[0].endswith("**missed** |")   # 1.1 < 1.15 on the eval oracle
+    assert "+0.9" in lines[1] and lines[1].endswith("**met** |")          # eval median gain 0.9 >= 0.8
+
+
+def test_suites_without_targets_add_nothing(tmp_path):
+    mod = _module()
+    run = tmp_path / "toys-quick"
+    run.mkdir()
+    (run / "runs.jsonl").write_text("")
+    assert mod.targets_md(run) == ""
