@@ -51,7 +51,7 @@ def train_masked_diffusion(process: MaskedProcess, data: Tensor, *, num_steps: i
             for pe, pm in zip(ema.parameters(), model.parameters()):
                 pe.lerp_(pm, 1 - d)
         if step % eval_every == 0 or step == num_steps:
-            rec = {"step": step, "train_loss_per_token": float(loss), "elapsed_s": time.time() - start}
+            rec = {"step": step, "train_loss_per_token": loss.item(), "elapsed_s": time.time() - start}
             if valid_data is not None:
                 rec["valid_nelbo_per_token"] = evaluate_nelbo(process, ema, valid_data) / valid_data.shape[1]
             history.append(rec)
