@@ -250,7 +250,7 @@ def cmd_sample(args) -> int:
             raise UserError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
         if config_path.exists():
             old = json.loads(config_path.read_text())
-            free = ("device", "max_batch_size", "backend", "workers", "ray_address", "reward_workers", "reward_timeout")
+            free = ("device", "max_batch_size", "fasta_alphabet", "backend", "workers", "ray_address", "reward_workers", "reward_timeout")
             diff = [k for k in config if k not in free and old.get(k) != config.get(k)]
             if diff:
                 raise UserError(f"--resume: {out} was run with different {', '.join(diff)}; use the same options")
@@ -298,7 +298,8 @@ def cmd_sample(args) -> int:
     _histogram(out / "reward_hist.png", run["rewards"], baseline["rewards"] if baseline else None, args.method, reward.name)
     files.append(out / "reward_hist.png")
     if domain.write_files:
-        files += list(domain.write_files(out, run["x0"], decoded, run["rewards"], {"reward": reward.name, "process": process}) or [])
+        files += list(domain.write_files(out, run["x0"], decoded, run["rewards"], {"reward": reward.name, "process": process,
+                                                                                        "fasta_alphabet": args.fasta_alphabet}) or [])
 
     summary = {
         "svdd_version": __version__, "git_revision": _git_revision(), "config": config,
@@ -456,6 +457,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--batch-size", type=int, default=None, help="samples per shard (default: all in one)")
     s.add_argument("--max-batch-size", type=int, default=None, help="cap on rows per denoiser call")
     s.add_argument("--no-baseline", dest="baseline", action="store_false", help="skip the pretrained baseline")
+    s.add_argument("--fasta-alphabet", choices=["U", "T"], default="U", help="RNA FASTA output with U or T")
     s.add_argument("--backend", choices=["local", "process", "ray"], default="local",
                    help="run shards in this process, in worker processes, or on a Ray cluster")
     s.add_argument("--workers", type=int, default=None, help="shard workers for --backend process|ray")
