@@ -48,6 +48,7 @@ TARGETS: dict[str, list[dict]] = {
     "rna": [
         {"issue": 9, "kind": "above", "reward": "mrl", "score": "mrl-eval", "method": "svdd-pm",
          "others": ["best-of-n", "smc"]},
+        {"issue": 9, "kind": "gain_at_least", "reward": "mrl", "method": "svdd-pm", "threshold": 0.8},
         {"issue": 9, "kind": "gain_at_least", "reward": "mrl", "score": "mrl-eval", "method": "svdd-pm",
          "threshold": 0.8},
     ],
