@@ -167,6 +167,8 @@ def _hardware_md(runs: list[Path]) -> list[str]:
     from svdd.bench import read_runs
 
     seen: dict[tuple, list[str]] = {}
+    devices: set = set()
+    seconds: dict[str, float] = {}
     for p in runs:
         suite = yaml.safe_load((p / "suite.yaml").read_text()) if (p / "suite.yaml").exists() else {}
         rows = read_runs(p / "runs.jsonl")
@@ -174,10 +176,19 @@ def _hardware_md(runs: list[Path]) -> list[str]:
         key = (str((suite or {}).get("hardware", "not stated")), str(env.get("device", "?")),
                str(env.get("device_name") or "?"), str(env.get("torch_threads", "?")))
         seen.setdefault(key, []).append(p.name)
+        devices.update(str((r.get("environment") or {}).get("device", "?")) for r in rows)
+        seconds[p.name] = sum(float(v) for r in rows if r.get("status") == "ok"
+                              for k, v in (r.get("timings") or {}).items()
+                              if k in ("sample_s", "metrics_s") and isinstance(v, (int, float)))
     lines = ["Hardware (from each suite's `hardware:` and the environment every run records):", ""]
+    if devices == {"cpu"}:
+        lines += ["**Every run on this page ran on CPU; no GPU was used.**", ""]
     for (hw, dev, name, threads), names in seen.items():
-        lines.append(f"- {', '.join(names)}: {hw}; device `{dev}` ({name}), {threads} torch threads")
-    return lines + [""]
+        timing = ", ".join(f"{n} {seconds[n]:.0f} s" for n in names)
+        lines.append(f"- {', '.join(names)}: {hw}; device `{dev}` ({name}), {threads} torch threads; "
+                     f"sampling + metrics time summed over runs: {timing}")
+    return lines + ["", "(The summed times leave out calibration, value fitting and start-up; the shared "
+                    "machine was also running model training, so they are upper bounds on this code's cost.)", ""]
 
 
 def _summary_md(runs: list[Path]) -> list[str]:

@@ -25,6 +25,7 @@ import torch
 from . import __version__
 from .algorithms import ALGORITHMS, AlgorithmError, get_algorithm
 from .bench import BenchError
+from .cache import DataError
 from .domains import DOMAIN_MODULES, DomainError, get_domain
 from .rewards.base import RewardError, as_reward
 
@@ -33,7 +34,7 @@ class UserError(Exception):
     pass
 
 
-USER_ERRORS = (UserError, DomainError, AlgorithmError, RewardError, BenchError)
+USER_ERRORS = (UserError, DomainError, AlgorithmError, RewardError, BenchError, DataError)
 
 
 # ------------------------------------------------------------------------------------------------

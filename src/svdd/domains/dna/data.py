@@ -17,10 +17,6 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
-import os
-import subprocess
-import sys
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Iterable, Optional
@@ -29,6 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ...cache import cache_dir, fetch_wheel, sha256
 from ..base import DomainError
 
 ALPHABET = "ACGT"
@@ -112,38 +109,16 @@ def reverse_complement(x: Tensor) -> Tensor:
 
 
 # -- the full table (download, checksum, cache) -----------------------------------------------
-def cache_dir() -> Path:
-    root = os.environ.get("SVDD_CACHE_DIR")
-    return (Path(root) if root else Path.home() / ".cache" / "svdd") / "dna"
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def table_path(download: bool = True) -> Path:
-    """Path of the verified DHS table, downloading the wheel with pip on first use."""
-    target = cache_dir() / TABLE_FILE
-    if target.exists() and _sha256(target) == TABLE_SHA256:
+    """Path of the verified DHS table, extracted from the (cached, verified) wheel on first use."""
+    target = cache_dir("dna") / TABLE_FILE
+    if target.exists() and sha256(target) == TABLE_SHA256:
         return target
     if not download:
         raise DomainError(f"DHS table not cached at {target}; run `python scripts/prepare_dna.py` (needs PyPI)")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory() as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", WHEEL, "-d", tmp]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        wheel = Path(tmp) / WHEEL_FILE
-        if proc.returncode != 0 or not wheel.exists():
-            raise DomainError(f"could not download {WHEEL} with pip ({proc.stderr.strip()[-200:]}); "
-                              f"check PyPI access or set SVDD_CACHE_DIR to a folder holding {TABLE_FILE}")
-        if _sha256(wheel) != WHEEL_SHA256:
-            raise DomainError(f"{WHEEL_FILE} has an unexpected checksum; delete {tmp} and retry")
-        with zipfile.ZipFile(wheel) as zf:
-            data = zf.read(TABLE_MEMBER)
+    wheel = fetch_wheel(WHEEL, WHEEL_FILE, WHEEL_SHA256, cache_dir("dnadiffusion"))
+    with zipfile.ZipFile(wheel) as zf:
+        data = zf.read(TABLE_MEMBER)
     if hashlib.sha256(data).hexdigest() != TABLE_SHA256:
         raise DomainError(f"{TABLE_MEMBER} has an unexpected checksum; the wheel may have changed")
     tmp_target = target.with_suffix(".part")

@@ -13,17 +13,13 @@ A small subset (2,000 train + 2,000 test SMILES, drawn with a fixed seed) ships 
 from __future__ import annotations
 
 import gzip
-import hashlib
 import importlib.util
 import io
-import os
-import subprocess
-import sys
-import tempfile
 import zipfile
 from functools import lru_cache
 from pathlib import Path
 
+from ...cache import cache_dir, fetch_wheel
 from ..base import DomainError
 
 MOLSETS_VERSION = "0.3.1"
@@ -34,43 +30,9 @@ ASSETS = Path(__file__).resolve().parent / "assets"
 SAMPLE_FILE = ASSETS / "moses_sample.csv.gz"
 
 
-def cache_dir(*parts: str) -> Path:
-    """``$SVDD_CACHE_DIR`` or ``~/.cache/svdd``, joined with ``parts`` (created)."""
-    root = Path(os.environ.get("SVDD_CACHE_DIR") or Path.home() / ".cache" / "svdd")
-    path = root.joinpath(*parts)
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def molsets_wheel(download: bool = True) -> Path:
     """Path of the checksum-verified molsets wheel in the cache (downloaded with pip if needed)."""
-    target = cache_dir("molsets") / MOLSETS_WHEEL
-    if target.exists() and _sha256(target) == MOLSETS_SHA256:
-        return target
-    if not download:
-        raise DomainError(f"MOSES data not cached; run `pip download --no-deps molsets=={MOLSETS_VERSION} "
-                          f"-d {target.parent}` (needs access to PyPI)")
-    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", f"molsets=={MOLSETS_VERSION}",
-               "-d", tmp]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        got = Path(tmp) / MOLSETS_WHEEL
-        if proc.returncode != 0 or not got.exists():
-            raise DomainError(f"could not download molsets=={MOLSETS_VERSION} with pip ({proc.stderr.strip()[-200:]}); "
-                              f"download it yourself with `pip download --no-deps molsets=={MOLSETS_VERSION} "
-                              f"-d {target.parent}`")
-        if _sha256(got) != MOLSETS_SHA256:
-            raise DomainError(f"checksum mismatch for {MOLSETS_WHEEL}; delete {target.parent} and retry")
-        os.replace(got, target)
-    return target
+    return fetch_wheel(f"molsets=={MOLSETS_VERSION}", MOLSETS_WHEEL, MOLSETS_SHA256, cache_dir("molsets"), download)
 
 
 def _installed_moses_file(name: str) -> Path | None:

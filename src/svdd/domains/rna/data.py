@@ -15,10 +15,6 @@ The wheel is fetched once with ``pip download --no-deps`` into ``$SVDD_CACHE_DIR
 
 from __future__ import annotations
 
-import hashlib
-import os
-import subprocess
-import sys
 import zipfile
 from pathlib import Path
 from typing import Optional
@@ -26,6 +22,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from ...cache import cache_dir, fetch_wheel
 from ..base import DomainError
 from .tokens import SEQ_LEN
 
@@ -36,36 +33,9 @@ SPLITS = ("training", "validation", "test")
 _TOKEN = {c: i for i, c in enumerate("ACGT")}
 
 
-def cache_dir() -> Path:
-    return Path(os.environ.get("SVDD_CACHE_DIR", Path.home() / ".cache" / "svdd")).expanduser()
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def dhs_wheel(download: bool = True) -> Path:
     """Path of the checked ``dnadiffusion`` wheel in the cache (downloaded with pip if missing)."""
-    target = cache_dir() / "dnadiffusion"
-    wheel = target / DHS_WHEEL
-    if not wheel.exists():
-        if not download:
-            raise DomainError(f"{DHS_WHEEL} is not cached in {target}; run scripts/prepare_rna.py (needs PyPI)")
-        target.mkdir(parents=True, exist_ok=True)
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "dnadiffusion==0.0.0.dev0",
-               "-d", str(target)]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        if proc.returncode != 0 or not wheel.exists():
-            raise DomainError(f"could not download dnadiffusion==0.0.0.dev0 with pip ({proc.stderr.strip()[-200:]}); "
-                              f"put {DHS_WHEEL} in {target} by hand")
-    digest = _sha256(wheel)
-    if digest != DHS_WHEEL_SHA256:
-        raise DomainError(f"{wheel} has SHA-256 {digest[:12]}…, expected {DHS_WHEEL_SHA256[:12]}…; delete it and retry")
-    return wheel
+    return fetch_wheel("dnadiffusion==0.0.0.dev0", DHS_WHEEL, DHS_WHEEL_SHA256, cache_dir("dnadiffusion"), download)
 
 
 def dhs_sequences(wheel: Optional[Path] = None) -> tuple[Tensor, Tensor]:
