@@ -34,11 +34,9 @@ import hashlib
 import inspect
 import itertools
 import json
-import math
 import os
 import platform
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Optional

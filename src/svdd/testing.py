@@ -205,7 +205,7 @@ class MaskedToy:
         """P_k[s, s'] over all (n+1)^L states for each step of the K-step grid."""
         proc = self.process()
         ts = proc.timesteps(num_steps)
-        S, V = self.all_states, self.vocab_size
+        S = self.all_states
         mats = []
         for k in range(num_steps):
             probs = proc.transition(S, ts[k], ts[k + 1]).probs.double()                       # (N,L,V)

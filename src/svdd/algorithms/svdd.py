@@ -23,8 +23,6 @@ of samples drawn ∝ exp(v̂/alpha_resample) from the rest.
 
 from __future__ import annotations
 
-import math
-from typing import Optional
 
 import torch
 from torch import Tensor
@@ -55,7 +53,8 @@ def svdd_loop(process, reward_fn, *, num_samples, num_steps, num_candidates=8, a
     if value_fn is None:
         value_fn = PosteriorMeanValue(proc, run.reward, alpha=alpha, generator=generator)
     dedup = deduplicate and proc.kind == "masked"
-    n_replace = int(math.floor(replace_fraction * N))
+    # at least one sample is replaced whenever replace_fraction > 0 (and never all of them)
+    n_replace = min(max(1, int(round(replace_fraction * N))), N - 1) if replace_fraction > 0 and N > 1 else 0
     alpha_r = alpha if alpha_resample is None else float(alpha_resample)
     with torch.no_grad():
         x, chosen = _loop(run, proc, value_fn, pm, dedup, N, M, num_steps, alpha, n_replace, alpha_r, generator)

@@ -1,6 +1,7 @@
 """SVDD-R (final version of the SVDD paper, Algorithm 2): SVDD's per-sample selection followed,
 at every step, by a global replacement of the worst ``replace_fraction`` of the batch with
-copies of samples drawn ∝ exp(v̂/alpha_resample) from the others (argmax copies when 0).
+copies of samples drawn ∝ exp(v̂/alpha_resample) from the others (argmax copies when 0);
+``round(replace_fraction · num_samples)`` samples, at least one.
 
 This couples samples (like SMC) and trades diversity for reward; the paper chooses the
 fraction in {0.03, 0.04, 0.05}.

@@ -3,8 +3,6 @@ print the exact target next to what was sampled."""
 
 from __future__ import annotations
 
-import torch
-
 from ..testing import GaussianMixtureToy, MaskedToy
 from .base import Domain
 
