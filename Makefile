@@ -12,7 +12,6 @@ $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv --system-site-packages $(VENV)
 	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e ".[all,dev]"
-	$(PY) -m pip install -q --no-deps "dockstring==0.3.4"
 	@touch $@
 
 install: $(VENV)/.installed

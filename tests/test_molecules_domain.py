@@ -242,3 +242,16 @@ def test_docking_aspirin_into_parp1(tmp_path, tok):
         slow.close()
     finally:
         r.close()
+
+
+def test_shipped_qed_value_loads(dom):
+    from svdd.domains.molecules import ASSETS
+    from svdd.values.learned import load_value
+
+    if not (ASSETS / "value-qed" / "value.safetensors").exists():
+        pytest.skip("no shipped value network")
+    value = load_value(ASSETS / "value-qed")
+    x = torch.full((3, 48), 27)
+    out = value(x, torch.tensor(1.0))
+    assert out.shape == (3,) and torch.isfinite(out).all()
+    assert torch.allclose(out, out[0].expand(3))  # identical inputs, identical values
