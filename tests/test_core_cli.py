@@ -102,3 +102,12 @@ def test_process_backend_gives_the_same_samples_as_local(tmp_path):
     assert read_csv(tmp_path / "local" / "samples.csv") == read_csv(tmp_path / "proc" / "samples.csv")
     summary = json.loads((tmp_path / "proc" / "summary.json").read_text())
     assert summary["counters"]["retries"] == 0 and summary["counters"]["failures"] == 0
+
+
+def test_svdd_mc_uses_the_value_a_domain_ships(tmp_path):
+    out = tmp_path / "mc"
+    assert main(["sample", "--domain", "molecules", "--reward", "qed", "--method", "svdd-mc", "--num-samples", "2",
+                 "--num-steps", "4", "--num-candidates", "2", "--out", str(out), "--quiet", "--no-baseline"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["config"]["value"] is None and summary["counters"]["value_calls"] > 0
+    assert summary["value_training_cost"]["nfe"] > 0  # the shipped value's training cost is reported

@@ -123,6 +123,15 @@ def _load(args):
     return domain, process, reward, device
 
 
+def _shipped_value(domain, model: str, reward: str):
+    """A value network the domain ships for this model and reward (``extra['values']``), if any."""
+    values = domain.extra.get("values") or {}
+    for key in (f"{model}/{reward}", reward):
+        if key in values and Path(values[key]).exists():
+            return Path(values[key])
+    return None
+
+
 def _shard_plan(num_samples: int, batch_size: int) -> list[int]:
     sizes = [batch_size] * (num_samples // batch_size)
     if num_samples % batch_size:
@@ -280,7 +289,15 @@ def cmd_sample(args) -> int:
         kwargs["value_fn"] = value
         value_cost = value.meta.get("cost")
     elif spec.needs_value:
-        raise UserError(f"{args.method} needs --value PATH (fit one with `svdd fit-value`), or use svdd-pm")
+        shipped = _shipped_value(domain, args.model or domain.default_model, args.reward or domain.default_reward)
+        if shipped is None:
+            raise UserError(f"{args.method} needs --value PATH (fit one with `svdd fit-value`), or use svdd-pm")
+        from .values.learned import load_value
+
+        args.value = str(shipped)
+        value = load_value(shipped, device=device)
+        kwargs["value_fn"] = value
+        value_cost = value.meta.get("cost")
 
     out.mkdir(parents=True, exist_ok=True)
     config_path.write_text(json.dumps(config, indent=2))

@@ -197,6 +197,7 @@ DOMAIN = Domain(
     sample_columns=sample_columns,
     metrics=set_metrics,
     write_files=write_files,
+    extra={"values": {"qed": ASSETS / "value-qed"}, "pyproject_extra": "molecules"},
 )
 
 __all__ = ["DOMAIN", "load_model", "load_tokenizer", "decode", "SelfiesTokenizer", "PropertyReward"]
