@@ -216,7 +216,20 @@ def _kill_all(procs: list) -> None:
                 pass
 
 
-class ProcessBackend:
+class _WorkerStates:
+    """Worker bookkeeping shared by the multi-worker backends (``state[w]`` per worker)."""
+
+    num_workers: int
+    state: list
+
+    def starting(self) -> list[int]:
+        return [w for w in range(self.num_workers) if self.state[w] == "starting"]
+
+    def ready_workers(self) -> list[int]:
+        return [w for w in range(self.num_workers) if self.state[w] == "ready"]
+
+
+class ProcessBackend(_WorkerStates):
     """``num_workers`` fresh Python processes (``python -m svdd.distributed.worker``), each with
     its own handler, talking over a socket pair. Fresh interpreters need no ``__main__`` guard in
     the user's script and inherit no threads; a worker past its timeout is killed and replaced."""
@@ -275,12 +288,6 @@ class ProcessBackend:
                     raise DistributedError(f"a worker died while starting ({event[2]}); "
                                            "check that the factories are importable from a fresh process")
         return self._meta
-
-    def starting(self) -> list[int]:
-        return [w for w in range(self.num_workers) if self.state[w] == "starting"]
-
-    def ready_workers(self) -> list[int]:
-        return [w for w in range(self.num_workers) if self.state[w] == "ready"]
 
     def submit(self, worker: int, payload) -> None:
         self.state[worker] = "busy"
@@ -371,7 +378,7 @@ class _ActorBody:
         return self.handler(payload)
 
 
-class RayBackend:
+class RayBackend(_WorkerStates):
     """One Ray actor per worker; a timed-out actor is killed (``ray.kill``) and replaced by a new
     one, which takes tasks once its handler is built."""
 
@@ -423,12 +430,6 @@ class RayBackend:
         self.actors[w] = self.remote_cls.options(**self.options).remote(self.init[0], self.init[1], self.threads)
         self.state[w] = "starting"   # until its meta() answers: a task's timeout never covers start-up
         self.refs[w] = self.actors[w].meta.remote()
-
-    def starting(self) -> list[int]:
-        return [w for w in range(self.num_workers) if self.state[w] == "starting"]
-
-    def ready_workers(self) -> list[int]:
-        return [w for w in range(self.num_workers) if self.state[w] == "ready"]
 
     def submit(self, worker: int, payload) -> None:
         self.state[worker] = "busy"
