@@ -65,7 +65,6 @@ def _loop(run, proc, value_fn, pm, dedup, N, M, num_steps, alpha, n_replace, alp
     ts = proc.timesteps(num_steps)
     x = proc.prior(N, generator)
     x0_hat = proc.predict_x0(x, ts[0])
-    chosen = torch.zeros(N)
     for k in range(num_steps):
         t, t_next = ts[k], ts[k + 1]
         final = is_final(t_next)
