@@ -12,7 +12,6 @@ from svdd.algorithms import AlgorithmError
 from svdd.algorithms.dno import concentration_log_bounds, probability_regularizer
 from svdd.testing import GaussianMixtureToy, MaskedToy
 
-torch.set_num_threads(1)
 K = 10
 
 

@@ -11,7 +11,6 @@ from svdd.algorithms.das import das
 from svdd.process.guided import GuidanceError, GuidedProcess
 from svdd.testing import GaussianMixtureToy, MaskedToy, total_variation
 
-torch.set_num_threads(1)
 
 
 def _gen(seed):

@@ -5,7 +5,6 @@ import math
 import pytest
 import torch
 
-torch.set_num_threads(1)
 
 from svdd.resampling import RESAMPLERS, ResamplingError, ess, get_resampler
 

@@ -11,7 +11,6 @@ from svdd.algorithms._common import Run
 from svdd.algorithms.search import NoiseSampler, neighbours
 from svdd.testing import GaussianMixtureToy, MaskedToy
 
-torch.set_num_threads(1)
 
 
 def _gen(seed):

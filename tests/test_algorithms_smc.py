@@ -10,7 +10,6 @@ import svdd
 from svdd.algorithms import AlgorithmError
 from svdd.testing import GaussianMixtureToy, MaskedToy, total_variation
 
-torch.set_num_threads(1)
 
 
 def _gen(seed):

@@ -13,7 +13,6 @@ from svdd.bench import (COST_MODELS, BenchError, exact_reference, load_suite, ma
                         read_runs, run_suite, solve_knob)
 from svdd.testing import GaussianMixtureToy, MaskedToy
 
-torch.set_num_threads(1)
 BENCH_DIR = Path(__file__).resolve().parents[1] / "benchmarks"
 
 

@@ -16,7 +16,6 @@ import svdd
 from svdd.algorithms import ALGORITHMS, AlgorithmError
 from svdd.testing import GaussianMixtureToy, MaskedToy
 
-torch.set_num_threads(1)
 
 K = 4
 COUNTERS = ("nfe", "nfe_per_sample", "reward_calls", "value_calls", "grad_passes", "wall_time_s")

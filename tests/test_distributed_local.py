@@ -58,14 +58,19 @@ def misbehaving_reward(marker_dir: str, poison: float = float("inf")):
     equal to ``poison`` raises."""
     marker = Path(marker_dir)
 
+    def first(name):  # atomic across workers: exactly one caller creates the marker
+        try:
+            os.close(os.open(marker / name, os.O_CREAT | os.O_EXCL))
+            return True
+        except FileExistsError:
+            return False
+
     def reward(x):
         if (x == poison).any():
             raise ValueError("poisonous sample")
-        if not (marker / "died").exists():
-            (marker / "died").touch()
+        if first("died"):
             os._exit(3)
-        if not (marker / "hung").exists():
-            (marker / "hung").touch()
+        if first("hung"):
             time.sleep(120)
         return x.flatten(1).double().pow(2).sum(1)
     reward.name = "misbehaving"

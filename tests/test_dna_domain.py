@@ -20,16 +20,6 @@ from svdd.domains.dna.training import auroc, train_oracle
 pytest.importorskip("pyjaspar")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small convolutions gain nothing from threads, and on a loaded machine 2 threads can be
-    10x slower than 1 (spin-waiting); restore the setting afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 # -- tokens ---------------------------------------------------------------------------------
 def test_encode_decode_roundtrip_and_errors():
     seqs = ["ACGT" * 50, "TTGCA" * 40]

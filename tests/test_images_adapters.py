@@ -16,7 +16,6 @@ diffusers = pytest.importorskip("diffusers")
 import svdd  # noqa: E402
 from svdd.process.adapters import DiffusersProcess, decode_latents, encode_images, latent_reward  # noqa: E402
 
-torch.set_num_threads(1)
 
 
 def tiny_unet(sample_size=8, channels=3, seed=0):

@@ -22,7 +22,6 @@ from svdd.domains.images import metrics as image_metrics  # noqa: E402
 from svdd.domains.images import rewards as image_rewards  # noqa: E402
 from svdd.domains.images.networks import DigitClassifier, ImageValueNetwork, load_network, save_network  # noqa: E402
 
-torch.set_num_threads(1)
 DOMAIN = get_domain("images")
 SHIPPED = (svdd.domains.images.DIGITS_DDPM_PATH / "unet" / "diffusion_pytorch_model.safetensors").exists()
 

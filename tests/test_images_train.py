@@ -14,7 +14,6 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 diffusers = pytest.importorskip("diffusers")
 
-torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -28,13 +28,6 @@ needs_oracle = pytest.mark.skipif(not (UTR_DIR / "evolution_model.hdf5").exists(
 DOMAIN = get_domain("rna")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small tensors: one thread is faster than two on a shared CPU."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 def tiny_process(seed: int = 0) -> MaskedProcess:

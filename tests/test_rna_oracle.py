@@ -19,13 +19,6 @@ needs_oracle = pytest.mark.skipif(not (UTR_DIR / "evolution_model.hdf5").exists(
                                          f"(set {ENV_VAR} to pjsample/human_5utr_modeling's modeling/saved_models)")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small tensors: one thread is faster than two on a shared CPU."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 def pearson(a: torch.Tensor, b: torch.Tensor) -> float:
