@@ -46,8 +46,11 @@ class FailingOnceReward:
 
     def __call__(self, x):
         for step in ("raised", "died", "hung"):
-            if not (self.marker / step).exists():
-                (self.marker / step).touch()
+            try:  # atomic across actors: exactly one caller claims each step
+                os.close(os.open(self.marker / step, os.O_CREAT | os.O_EXCL))
+            except FileExistsError:
+                continue
+            else:
                 if step == "raised":
                     raise RuntimeError("injected reward failure")
                 if step == "died":
