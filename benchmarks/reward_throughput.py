@@ -89,12 +89,24 @@ def load_molecules(n: int) -> torch.Tensor:
     return torch.stack(rows)
 
 
-def docking_reward(target: str):
-    """The molecules domain's Vina reward with one Vina process and no result cache."""
-    from svdd.domains.molecules import load_tokenizer
-    from svdd.domains.molecules.docking import DockingReward
+class FreshDocking:
+    """The molecules domain's Vina reward with one Vina process and no result cache: neither the
+    SQLite cache nor the reward's in-memory table, which is emptied before every call, so repeated
+    timed calls dock every molecule again."""
 
-    return DockingReward(target, load_tokenizer(), num_workers=1, cache=False)
+    def __init__(self, target: str):
+        from svdd.domains.molecules import load_tokenizer
+        from svdd.domains.molecules.docking import DockingReward
+
+        self.reward = DockingReward(target, load_tokenizer(), num_workers=1, cache=False)
+
+    def __call__(self, x):
+        self.reward.memory.clear()
+        return self.reward(x)
+
+
+def docking_reward(target: str):
+    return FreshDocking(target)
 
 
 def make_factory(reward: str):
