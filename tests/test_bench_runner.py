@@ -175,3 +175,19 @@ def test_domain_metrics_get_alpha_and_num_steps_only_when_named():
     assert not _accepts(forwarding, "alpha", explicit=True)
     assert not _accepts(forwarding, "num_steps", explicit=True)
     assert _accepts(forwarding, "alpha")          # method hyperparameters still pass through **kwargs
+
+
+def test_only_rewards_splits_a_suite_over_invocations(tmp_path):
+    """Two invocations that each run one reward (as two processes on a multi-core machine would)
+    leave the same cells and the same samples as one invocation running both."""
+    suite = _suite(rewards=["linear", "0.5*linear"], methods=[{"method": "ancestral"}, {"method": "svdd-pm"}])
+    whole = read_runs(run_suite(suite, tmp_path / "whole", progress=False))
+    split = tmp_path / "split"
+    first = read_runs(run_suite(suite, split, progress=False, only_rewards=["0.5*linear"]))
+    assert {r["reward"] for r in first} == {"0.5*linear"} and len(first) == len(whole) // 2
+    both = read_runs(run_suite(suite, split, progress=False, only_rewards=["linear"]))
+    assert sorted(r["cell"] for r in both) == sorted(r["cell"] for r in whole)
+    by_cell = {r["cell"]: r["rewards"] for r in whole}
+    assert all(by_cell[r["cell"]] == r["rewards"] for r in both)
+    with pytest.raises(BenchError, match="no reward 'qed'"):
+        run_suite(suite, split, progress=False, only_rewards=["qed"])

@@ -451,10 +451,17 @@ def _parses(line: str) -> bool:
 
 
 def _append(path: Path, row: dict) -> None:
-    with open(path, "a") as fh:
-        fh.write(json.dumps(row, default=_json_default, allow_nan=True) + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
+    """One ``write`` on an ``O_APPEND`` descriptor per line, so two invocations that run different
+    rewards of one suite (``only_rewards``) can share ``runs.jsonl`` without interleaving."""
+    data = (json.dumps(row, default=_json_default, allow_nan=True) + "\n").encode()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        written = os.write(fd, data)
+        while written < len(data):   # only for a line larger than the OS writes at once
+            written += os.write(fd, data[written:])
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _json_default(o):
@@ -640,7 +647,8 @@ def _run_once(ctx: _Context, variant: dict, reward_name, seed: int, num_samples:
     if value is not None:
         params["value_fn"] = value
     if ctx.suite.get("max_batch_size"):
-        params.setdefault("max_batch_size", int(ctx.suite["max_batch_size"]))
+        cap = ctx.suite["max_batch_size"]
+        params.setdefault("max_batch_size", cap if cap == "auto" else int(cap))
     reward_fn = ctx.reward(reward_name)
     result = svdd.sample(ctx.process, reward_fn, method=variant["algorithm"], num_samples=num_samples,
                          num_steps=ctx.num_steps, generator=ctx.generator(seed), **params)
@@ -721,7 +729,7 @@ def _knob_for(ctx: _Context, variant: dict, reward_name, budget: Optional[dict],
         cal = _calibrate(ctx, variant, reward_name, budget, m["value"], value)
         cal["formula_value"], cal["formula_predicted"] = m["value"], m["predicted"]
         ctx.calibrations[key] = cal
-        ctx.calibration_path.write_text(json.dumps(ctx.calibrations, indent=1, sort_keys=True))
+        _save_calibrations(ctx)
     cal = ctx.calibrations[key]
     return {"value": cal["value"], "predicted": cal["measured"], "source": "calibration",
             "formula_value": cal.get("formula_value"), "formula_predicted": cal.get("formula_predicted"),
@@ -776,11 +784,30 @@ def _check_supported(ctx: _Context, variant: dict, reward_name) -> Optional[str]
     return None
 
 
+def _save_calibrations(ctx) -> None:
+    """Merge this process's calibrations into ``calibration.json`` (another invocation running other
+    rewards of the suite may have added its own since we read it), written atomically."""
+    path = ctx.calibration_path
+    merged = json.loads(path.read_text()) if path.exists() else {}
+    merged.update(ctx.calibrations)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(merged, indent=1, sort_keys=True))
+    os.replace(tmp, path)
+
+
 def run_suite(suite_path, out_dir, *, resume: bool = True, quick: bool = False, device: str = "cpu",
-              progress: bool = True) -> Path:
+              progress: bool = True, only_rewards: Optional[list] = None) -> Path:
     """Run every cell of a suite, appending one JSON line per run to ``out_dir/runs.jsonl``;
-    with ``resume`` finished cells are skipped. Returns the path of ``runs.jsonl``."""
+    with ``resume`` finished cells are skipped. ``only_rewards`` runs just those rewards' cells
+    (the rest are left for another invocation, which may run at the same time on the same
+    ``out_dir``: e.g. one process per reward on a multi-core machine). Returns the path of
+    ``runs.jsonl``."""
     suite = load_suite(suite_path, quick=quick)
+    if only_rewards:
+        unknown = [r for r in only_rewards if r not in suite["rewards"]]
+        if unknown:
+            raise BenchError(f"suite {suite['name']!r} has no reward {unknown[0]!r}; its rewards: "
+                             f"{', '.join(str(r) for r in suite['rewards'])}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     runs_path = out / "runs.jsonl"
@@ -795,6 +822,8 @@ def run_suite(suite_path, out_dir, *, resume: bool = True, quick: bool = False, 
                         for r in previous):
         raise BenchError(f"{str(out)!r} holds runs of another suite (or of different settings); choose another --out")
     cells = plan_cells(suite)
+    if only_rewards:
+        cells = [c for c in cells if c["reward"] in only_rewards]
     todo = [c for c in cells if c["cell"] not in done]
     # the resolved suite, for the report and for anyone re-running it
     _write_suite_copy(out, suite, suite_path, quick)

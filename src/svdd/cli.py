@@ -23,6 +23,7 @@ from typing import Any, Optional
 import torch
 
 from . import __version__
+from .accelerator import PRECISIONS, PrecisionError
 from .algorithms import ALGORITHMS, AlgorithmError, get_algorithm
 from .bench import BenchError
 from .cache import DataError
@@ -34,7 +35,7 @@ class UserError(Exception):
     pass
 
 
-USER_ERRORS = (UserError, DomainError, AlgorithmError, RewardError, BenchError, DataError)
+USER_ERRORS = (UserError, DomainError, AlgorithmError, RewardError, BenchError, DataError, PrecisionError)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -72,6 +73,25 @@ def _method_kwargs(args, fn) -> dict:
     if args.max_batch_size and "max_batch_size" in params:
         kwargs["max_batch_size"] = args.max_batch_size
     return kwargs
+
+
+def _max_batch_size(text: Optional[str]) -> int | str | None:
+    """``--max-batch-size``: ``N`` rows per denoiser call or ``auto`` (sized to free GPU memory)."""
+    if text is None or text == "auto":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise UserError(f"--max-batch-size must be a positive integer or 'auto', got {text!r}")
+    return value
+
+
+def _precision(text: Optional[str]) -> Optional[str]:
+    if text is not None and text not in PRECISIONS:
+        raise UserError(f"--precision must be one of {', '.join(PRECISIONS)}, got {text!r}")
+    return text
 
 
 def _device(name: str) -> str:
@@ -112,8 +132,13 @@ def _load(args):
         options = {k: v for k, v in (("prompt", getattr(args, "prompt", None)),
                                      ("guidance_scale", getattr(args, "guidance_scale", None))) if v is not None}
         process = loader(args.diffusers, device, **options)
+        if getattr(args, "precision", None):
+            from .accelerator import set_precision
+
+            set_precision(process, args.precision)
     else:
-        process = domain.load_process(args.model, device=device)
+        precision = {"precision": args.precision} if getattr(args, "precision", None) else {}
+        process = domain.load_process(args.model, device=device, **precision)
     reward_options = {}
     if getattr(args, "oracle_dir", None):
         reward_options["oracle_dir"] = args.oracle_dir
@@ -155,7 +180,8 @@ def _run_shards_distributed(label, method, kwargs, args, out: Path, show: bool) 
         value_factory = ValueFactory(args.value, device=args.device)
     bar = _progress(args.num_samples, f"{label} {method} ({args.backend})", show)
     try:
-        res = run_sharded(method, DomainProcessFactory(args.domain, args.model, device=args.device),
+        precision = {"precision": args.precision} if getattr(args, "precision", None) else {}
+        res = run_sharded(method, DomainProcessFactory(args.domain, args.model, device=args.device, **precision),
                           DomainRewardFactory(args.domain, args.reward, **options), num_samples=args.num_samples,
                           shard_size=args.batch_size or args.num_samples, seed=args.seed,
                           seed_offset=0 if label == "method" else BASELINE_SEED_OFFSET, backend=args.backend,
@@ -243,6 +269,8 @@ def _write_csv(path: Path, decoded: list[str], rewards: torch.Tensor, columns: d
 
 
 def cmd_sample(args) -> int:
+    args.max_batch_size = _max_batch_size(args.max_batch_size)
+    args.precision = _precision(args.precision)
     if args.num_samples < 1:
         raise UserError("--num-samples must be >= 1")
     if args.num_candidates is not None and args.num_candidates < 1:
@@ -413,7 +441,8 @@ def cmd_bench(args) -> int:
 
     if not Path(args.suite).exists():
         raise UserError(f"no suite file {args.suite}; see benchmarks/*.yaml")
-    run_suite(args.suite, args.out, resume=args.resume, quick=args.quick, device=_device(args.device))
+    run_suite(args.suite, args.out, resume=args.resume, quick=args.quick, device=_device(args.device),
+              only_rewards=args.only_reward)
     return 0
 
 
@@ -473,7 +502,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--value", default=None, help="fitted value folder for svdd-mc (svdd fit-value)")
     s.add_argument("--set", action="append", metavar="KEY=VALUE", help="any other method option, repeatable")
     s.add_argument("--batch-size", type=int, default=None, help="samples per shard (default: all in one)")
-    s.add_argument("--max-batch-size", type=int, default=None, help="cap on rows per denoiser call")
+    s.add_argument("--max-batch-size", default=None, metavar="N|auto",
+                   help="cap on rows per denoiser call; auto sizes it to free GPU memory (no cap on CPU)")
+    s.add_argument("--precision", default=None, metavar="fp32|bf16|auto",
+                   help="denoiser forward: fp32 (default), bf16 (autocast), auto (bf16 on a CUDA GPU supporting it)")
     s.add_argument("--no-baseline", dest="baseline", action="store_false", help="skip the pretrained baseline")
     s.add_argument("--fasta-alphabet", choices=["U", "T"], default="U", help="RNA FASTA output with U or T")
     s.add_argument("--backend", choices=["local", "process", "ray"], default="local",
@@ -510,6 +542,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--no-resume", dest="resume", action="store_false")
     b.add_argument("--quick", action="store_true")
     b.add_argument("--device", default="cpu")
+    b.add_argument("--only-reward", action="append", default=None, metavar="REWARD",
+                   help="run only this reward's cells (repeatable); run another reward in a second process on the same --out")
     b.set_defaults(func=cmd_bench)
 
     r = sub.add_parser("report", help="tables and figures from a bench run folder")

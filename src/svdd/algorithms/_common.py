@@ -1,5 +1,11 @@
 """Shared plumbing for algorithms: counting denoiser evaluations (nfe, per batch element),
-safe/counted rewards, argument checks, chunked evaluation and result assembly."""
+safe/counted rewards, argument checks, chunked evaluation and result assembly.
+
+Host round-trips: nothing here reads a device tensor on the host inside a step loop. Per-step
+records stay tensors until ``Run.result``, SVDD's softmax selection draws on the values' device
+with the caller's generator, and ``host_grid`` copies the time grid to the host once, before
+the loop, so step decisions (``t_next == 0``) cost no sync.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +15,7 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor
 
+from ..accelerator import auto_max_batch_size
 from ..rewards.base import Reward, as_reward
 from ..types import SampleResult, StepInfo
 from .registry import AlgorithmError
@@ -16,21 +23,29 @@ from .registry import AlgorithmError
 
 class CountingProcess:
     """Wraps a process; counts denoiser evaluations per batch element (``nfe``) and gradient
-    passes. ``transition(x0_hat=given)`` costs nothing; otherwise one evaluation per row."""
+    passes. ``transition(x0_hat=given)`` costs nothing; otherwise one evaluation per row.
+    ``max_batch_size="auto"`` is resolved at the first denoiser call (``auto_max_batch_size``:
+    sized to free memory on CUDA, no chunking on the CPU)."""
 
-    def __init__(self, process, max_batch_size: Optional[int] = None):
+    def __init__(self, process, max_batch_size: int | str | None = None):
         self.process = process
         self.kind = process.kind
         self.nfe = 0
         self.grad_passes = 0
-        self.max_batch_size = max_batch_size
+        self.max_batch_size = check_max_batch_size(max_batch_size)
 
     def __getattr__(self, name):  # timesteps, prior, alpha_bar, mask_prob, mask_id, ...
         return getattr(self.process, name)
 
     def predict_x0(self, x_t: Tensor, t) -> Tensor:
         self.nfe += x_t.shape[0]
-        return chunked(lambda x: self.process.predict_x0(x, t), x_t, self.max_batch_size)
+
+        def forward(x: Tensor) -> Tensor:
+            return self.process.predict_x0(x, t)
+
+        if self.max_batch_size == "auto":
+            self.max_batch_size = auto_max_batch_size(forward, x_t)
+        return chunked(forward, x_t, self.max_batch_size)
 
     def transition(self, x_t: Tensor, t, t_next, x0_hat: Optional[Tensor] = None, **kw):
         if x0_hat is None:
@@ -43,6 +58,15 @@ def chunked(fn: Callable[[Tensor], Tensor], x: Tensor, max_batch_size: Optional[
     if not max_batch_size or x.shape[0] <= max_batch_size:
         return fn(x)
     return torch.cat([fn(x[i:i + max_batch_size]) for i in range(0, x.shape[0], max_batch_size)])
+
+
+def check_max_batch_size(max_batch_size):
+    """``None`` (or 0: no chunking), a positive int, or ``"auto"``."""
+    if max_batch_size is None or max_batch_size == "auto":
+        return max_batch_size
+    if isinstance(max_batch_size, bool) or not isinstance(max_batch_size, int) or max_batch_size < 0:
+        raise AlgorithmError(f"max_batch_size must be a positive integer or 'auto', got {max_batch_size!r}")
+    return max_batch_size
 
 
 def check_common(process, num_samples: int, num_steps: int, *, spec_name: str, kinds=("gaussian", "masked")):
@@ -91,8 +115,11 @@ class Run:
         return self.value_fn(x, torch.as_tensor(t))
 
     def record(self, **arrays) -> None:
+        """Append per-step values; one-element tensors stay on their device until ``result``
+        (no host round-trip per step) and become Python numbers there."""
         for k, v in arrays.items():
-            self.per_step.setdefault(k, []).append(v.item() if isinstance(v, Tensor) and v.numel() == 1 else v)
+            scalar = isinstance(v, Tensor) and v.numel() == 1
+            self.per_step.setdefault(k, []).append(v.detach().clone() if scalar else v)
 
     def step_done(self, step: int, t, t_next, x, x0_hat, **info) -> None:
         if self.callback is not None:
@@ -108,22 +135,36 @@ class Run:
             "value_calls": int(self.value_calls),
             "wall_time_s": time.perf_counter() - self.start,
             **self.reward.counters(),
-            **{k: v for k, v in self.per_step.items()},
+            **{k: _to_host(v) for k, v in self.per_step.items()},
             **extra,
         }
         return SampleResult(x0.detach(), rewards.detach().float(), log_weights, info)
 
 
+def _to_host(values: list) -> list:
+    """Per-step records as Python numbers: one transfer for a list of one-element tensors."""
+    scalars = [v for v in values if isinstance(v, Tensor)]
+    if not scalars:
+        return values
+    if len(scalars) == len(values) and len({(v.device, v.dtype) for v in scalars}) == 1:
+        return torch.stack([v.reshape(()) for v in scalars]).tolist()
+    return [v.item() if isinstance(v, Tensor) else v for v in values]
+
+
 def select_children(values: Tensor, alpha: float, generator: Optional[torch.Generator]) -> Tensor:
     """values (B, M) -> index (B,): argmax (first on ties) at alpha == 0, else a draw from
-    softmax(values / alpha) computed in log space (float64)."""
+    softmax(values / alpha) computed in log space (float64). The draw runs on the values'
+    device when the generator lives there (no host round-trip); a generator on another device
+    draws on its own side."""
     if alpha == 0:
         return values.argmax(dim=1)
     logits = values.double() / alpha
     logits = torch.where(torch.isfinite(logits), logits, torch.full_like(logits, -1e300))
     logp = logits - torch.logsumexp(logits, dim=1, keepdim=True)
-    probs = logp.exp().cpu()
-    return torch.multinomial(probs, 1, generator=_cpu_generator(generator)).squeeze(1).to(values.device)
+    probs = logp.exp()
+    if generator is None or generator.device == probs.device:
+        return torch.multinomial(probs, 1, generator=generator).squeeze(1)
+    return torch.multinomial(probs.cpu(), 1, generator=_cpu_generator(generator)).squeeze(1).to(values.device)
 
 
 def _cpu_generator(generator: Optional[torch.Generator]) -> Optional[torch.Generator]:
@@ -134,5 +175,7 @@ def _cpu_generator(generator: Optional[torch.Generator]) -> Optional[torch.Gener
     return torch.Generator().manual_seed(seed)
 
 
-def is_final(t_next) -> bool:
-    return float(torch.as_tensor(t_next)) == 0.0
+def host_grid(ts: Tensor) -> list[float]:
+    """The time grid as Python floats: one device-to-host copy before a step loop, so per-step
+    decisions (``t_next == 0``) never read a device tensor inside it."""
+    return torch.as_tensor(ts).tolist()

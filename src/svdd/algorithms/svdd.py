@@ -16,6 +16,12 @@ by the reward). The reference code pays K·(M + 1). On masked processes identica
 (frequent early on) are evaluated once. SVDD-MC pays M value calls and one denoiser call
 (the kept child) per step.
 
+Host round-trips: the step loop reads no device tensor on the host. Step decisions (last step,
+deterministic Gaussian step) come from the time grid, copied to the host once before the loop.
+The exception is deduplication (``deduplicate=True``, masked processes): ``torch.unique`` has a
+data-dependent size, so it costs one sync per step; pass ``deduplicate=False`` for a sync-free
+loop when children rarely repeat. Rewards that need the host (RDKit, docking) sync by nature.
+
 ``svdd_loop(replace_fraction > 0)`` adds SVDD-R's global step (final paper, Algorithm 2): after
 the per-sample selection, the worst ``replace_fraction`` of the batch is replaced by copies
 of samples drawn ∝ exp(v̂/alpha_resample) from the rest.
@@ -23,12 +29,13 @@ of samples drawn ∝ exp(v̂/alpha_resample) from the rest.
 
 from __future__ import annotations
 
+from typing import Optional
 
 import torch
 from torch import Tensor
 
 from ..values.posterior_mean import PosteriorMeanValue
-from ._common import Run, check_alpha, check_common, check_positive_int, is_final, select_children
+from ._common import Run, check_alpha, check_common, check_positive_int, host_grid, select_children
 from .registry import AlgorithmError, register
 
 
@@ -61,16 +68,30 @@ def svdd_loop(process, reward_fn, *, num_samples, num_steps, num_candidates=8, a
     return run.result(x, chosen, None, num_candidates=M, alpha=alpha)
 
 
+def _deterministic_steps(proc, ts: Tensor) -> Optional[list[bool]]:
+    """Per step, whether the pretrained kernel has no noise (Gaussian eta = 0, or the last step),
+    for the whole grid in one host copy; None when the process cannot say (checked per step)."""
+    if proc.kind != "gaussian":
+        return [False] * (ts.shape[0] - 1)
+    coefficients = getattr(proc, "step_coefficients", None)
+    if coefficients is None:
+        return None
+    sigma = coefficients(ts[:-1], ts[1:])[2]
+    return (sigma.to(getattr(proc, "dtype", torch.float32)) == 0).tolist()   # the dtype of trans.std
+
+
 def _loop(run, proc, value_fn, pm, dedup, N, M, num_steps, alpha, n_replace, alpha_r, generator):
     ts = proc.timesteps(num_steps)
+    grid, frozen = host_grid(ts), _deterministic_steps(proc, ts)   # before the loop: no per-step sync
     x = proc.prior(N, generator)
     x0_hat = proc.predict_x0(x, ts[0])
     for k in range(num_steps):
         t, t_next = ts[k], ts[k + 1]
-        final = is_final(t_next)
+        final = grid[k + 1] == 0.0
         # 1. M children per parent from the pretrained kernel (one shared x0_hat, no new call)
         trans = proc.transition(x, t, t_next, x0_hat=x0_hat)
-        deterministic = proc.kind == "gaussian" and bool(torch.all(trans.std == 0))
+        deterministic = frozen[k] if frozen is not None else (
+            proc.kind == "gaussian" and bool(torch.all(trans.std == 0)))
         m_eff = 1 if deterministic else M
         children = torch.stack([trans.sample(generator) for _ in range(m_eff)], dim=1).flatten(0, 1)
         # 2. soft value of each distinct child at t_next (PM: r(x0_hat); final: the reward)
@@ -101,7 +122,7 @@ def _loop(run, proc, value_fn, pm, dedup, N, M, num_steps, alpha, n_replace, alp
             order = torch.argsort(chosen)
             worst, rest = order[:n_replace], order[n_replace:]
             if alpha_r == 0:
-                src = rest.flip(0)[torch.arange(n_replace) % rest.numel()]
+                src = rest.flip(0)[torch.arange(n_replace, device=rest.device) % rest.numel()]
             else:
                 pick = select_children(chosen[rest].view(1, -1).expand(n_replace, -1), alpha_r, generator)
                 src = rest[pick]

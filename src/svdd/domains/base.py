@@ -39,12 +39,23 @@ class Domain:
     write_files: Optional[Callable[..., list[Path]]] = None
     extra: dict = field(default_factory=dict)  # the pyproject extra that installs its dependencies
 
-    def load_process(self, model: Optional[str] = None, device: str = "cpu", **options):
+    def load_process(self, model: Optional[str] = None, device: str = "cpu", precision: Optional[str] = None,
+                     **options):
+        """The pretrained process ``model`` on ``device``; ``precision`` (``"fp32"``, ``"bf16"``,
+        ``"auto"``) sets the denoiser forward's precision (``svdd.accelerator``)."""
         name = model or self.default_model
         if name not in self.models:
             raise DomainError(f"unknown model {name!r} for domain {self.name!r}; choose one of "
                               f"{sorted(self.models)} (see `svdd list models`)")
-        return self.models[name](device=device, **options)
+        process = self.models[name](device=device, **options)
+        if precision is not None:
+            from ..accelerator import PrecisionError, set_precision
+
+            try:
+                set_precision(process, precision)
+            except PrecisionError as err:
+                raise DomainError(f"{self.name} model {name!r}: {err}") from None
+        return process
 
     def make_reward(self, spec: Optional[str] = None, **options):
         """Build a reward from ``"name"``, ``"name:arg"`` or a weighted sum ``"a+0.5*b:arg"``."""

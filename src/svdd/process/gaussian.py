@@ -11,6 +11,10 @@ Reverse step ``t → s`` (DDIM, Song et al. 2021 eq. 12), with ``x0_hat`` and
 
 ``η = 1`` is exactly the DDPM posterior q(x_s | x_t, x0_hat) on any sub-grid; ``η = 0`` is
 deterministic DDIM. The last step (s = 0, ᾱ_s = 1) lands exactly on ``x0_hat``.
+
+``precision="bf16"`` runs the model under ``torch.autocast`` (``svdd.accelerator``); its output
+is cast back to the sample dtype (float32) before the formulas above. ᾱ is looked up in a copy
+of the table on the device of ``t``, so a step never moves ``t`` to the host.
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ from typing import Callable, Optional, Sequence
 
 import torch
 from torch import Tensor
+
+from ..accelerator import autocast, check_precision
 
 _LOG_2PI = math.log(2 * math.pi)
 
@@ -57,13 +63,15 @@ class GaussianTransition:
 
 class GaussianProcess:
     """``model(x_t, timestep)`` is called like a diffusers UNet: ``timestep`` a LongTensor of
-    training indices (B,); the output a tensor or an object with ``.sample``."""
+    training indices (B,); the output a tensor or an object with ``.sample``.
+    ``precision``: ``"fp32"`` (default), ``"bf16"`` or ``"auto"`` for the model forward."""
 
     kind = "gaussian"
 
     def __init__(self, model: Callable, alphas_cumprod: Tensor | Sequence[float], prediction_type: str = "epsilon",
                  eta: float = 1.0, clip_sample: Optional[float] = None, *, sample_shape: Optional[Sequence[int]] = None,
-                 device=None, dtype: torch.dtype = torch.float32, model_kwargs: Optional[dict] = None):
+                 device=None, dtype: torch.dtype = torch.float32, model_kwargs: Optional[dict] = None,
+                 precision: str = "fp32"):
         if prediction_type not in ("epsilon", "sample", "v_prediction"):
             raise ValueError(f"prediction_type must be 'epsilon', 'sample' or 'v_prediction', got {prediction_type!r}")
         if eta < 0:
@@ -82,8 +90,18 @@ class GaussianProcess:
             except (AttributeError, StopIteration):
                 device = torch.device("cpu")
         self.device = torch.device(device)
+        self._table(self.device)   # the device's copy of ᾱ is made here, not inside a step loop
         self.dtype = dtype
         self.model_kwargs = model_kwargs or {}
+        self.precision = precision
+
+    @property
+    def precision(self) -> str:
+        return getattr(self, "_precision", "fp32")
+
+    @precision.setter
+    def precision(self, value: str) -> None:
+        self._precision = check_precision(value)
 
     # -- time ---------------------------------------------------------------------------------
     def timesteps(self, num_steps: int) -> Tensor:
@@ -96,8 +114,17 @@ class GaussianProcess:
         return ts.to(self.device)
 
     def alpha_bar(self, t: Tensor | float) -> Tensor:
-        idx = torch.as_tensor(t, dtype=torch.float64).round().long().cpu()
-        return self._alpha_bar[idx].to(self.device)
+        idx = torch.as_tensor(t, dtype=torch.float64).round().long()
+        # take(), not table[idx]: indexing with a 0-d tensor reads the index on the host
+        return torch.take(self._table(idx.device), idx).to(self.device)
+
+    def _table(self, device: torch.device) -> Tensor:
+        if device.type == "cpu":
+            return self._alpha_bar
+        cache = self.__dict__.setdefault("_alpha_bar_on", {})   # one copy of the table per device
+        if device not in cache:
+            cache[device] = self._alpha_bar.to(device)
+        return cache[device]
 
     def _bcast(self, a: Tensor, x: Tensor) -> Tensor:
         a = a.to(device=x.device, dtype=x.dtype)
@@ -116,7 +143,8 @@ class GaussianProcess:
         timestep = (t.round().long() - 1).clamp_min(0)
         if timestep.dim() == 0:
             timestep = timestep.expand(x_t.shape[0])
-        out = self.model(x_t, timestep, **self.model_kwargs)
+        with autocast(self.precision, x_t.device):
+            out = self.model(x_t, timestep, **self.model_kwargs)
         out = getattr(out, "sample", out)
         if isinstance(out, tuple):
             out = out[0]

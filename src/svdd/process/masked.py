@@ -11,6 +11,11 @@ which sums to 1 (MDLM drops the ``/ m_t``; we keep it so ``log_prob`` is normali
 positions are carried over unchanged (one-hot rows), and the mask token gets probability 0
 in ``x0_hat``. At ``s = 0`` every remaining mask is filled. Draws are made in float64.
 
+``precision="bf16"`` runs the denoiser under ``torch.autocast`` (``svdd.accelerator``); the
+logits are cast back to float32 before the softmax, so everything above is unchanged. Nothing
+in ``predict_x0``/``transition``/``sample`` reads a device tensor on the host: the time check
+runs asynchronously on accelerators.
+
 The NELBO of a clean sequence (continuous time, Sahoo et al. 2024 eq. 10) is
 ``∫_0^1 m'(t)/m(t) · E_q[Σ_{l masked} −log p_θ(x0_l | x_t)] dt``; ``nelbo`` estimates it by
 Monte Carlo over ``t`` and the mask pattern.
@@ -21,9 +26,9 @@ from __future__ import annotations
 from typing import Callable, Optional
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
+from ..accelerator import autocast, check_precision
 from .schedules import MaskSchedule, get_mask_schedule
 
 
@@ -36,6 +41,22 @@ def sample_categorical(probs: Tensor, generator: Optional[torch.Generator] = Non
     p = probs.to(torch.float64)
     e = -torch.log(_rand(p.shape, generator, p.device).clamp_min(1e-300))
     return (p / e).argmax(dim=-1)
+
+
+def _one_hot(x: Tensor, num_classes: int, dtype: torch.dtype) -> Tensor:
+    """``F.one_hot(x, num_classes).to(dtype)`` without its range check, which reads the min and
+    max of ``x`` on the host on the CPU (tokens here come from the process, so they are in range)."""
+    return (x.unsqueeze(-1) == torch.arange(num_classes, device=x.device)).to(dtype)
+
+
+def check_on_device(ok: Tensor, message: str) -> None:
+    """Raise ``ValueError(message)`` unless ``ok`` (a bool tensor). On the CPU this is an ordinary
+    check; on an accelerator ``torch._assert_async`` checks it on the device without a host
+    round-trip (a failure surfaces at the next synchronisation as a device-side assert)."""
+    try:
+        torch._assert_async(ok, message)
+    except RuntimeError:
+        raise ValueError(message) from None
 
 
 class CategoricalTransition:
@@ -59,12 +80,13 @@ class CategoricalTransition:
 
 class MaskedProcess:
     """Absorbing-state diffusion over ``seq_len`` tokens of a vocabulary of ``vocab_size``
-    (mask included). ``model(x (B, L) long, t (B,) float) -> logits (B, L, V)``."""
+    (mask included). ``model(x (B, L) long, t (B,) float) -> logits (B, L, V)``.
+    ``precision``: ``"fp32"`` (default), ``"bf16"`` or ``"auto"`` for the denoiser forward."""
 
     kind = "masked"
 
     def __init__(self, model: Callable[[Tensor, Tensor], Tensor], seq_len: int, vocab_size: int,
-                 mask_id: int, schedule: str | MaskSchedule = "loglinear", device=None):
+                 mask_id: int, schedule: str | MaskSchedule = "loglinear", device=None, precision: str = "fp32"):
         if not 0 <= mask_id < vocab_size:
             raise ValueError(f"mask_id {mask_id} must lie in [0, vocab_size={vocab_size})")
         self.model = model
@@ -79,6 +101,15 @@ class MaskedProcess:
             except StopIteration:
                 device = torch.device("cpu")
         self.device = torch.device(device)
+        self.precision = precision
+
+    @property
+    def precision(self) -> str:
+        return getattr(self, "_precision", "fp32")
+
+    @precision.setter
+    def precision(self, value: str) -> None:
+        self._precision = check_precision(value)
 
     # -- time ---------------------------------------------------------------------------------
     def timesteps(self, num_steps: int) -> Tensor:
@@ -103,13 +134,14 @@ class MaskedProcess:
         logits[..., self.mask_id] = float("-inf")
         probs = torch.softmax(logits, dim=-1)
         unmasked = (x_t != self.mask_id).unsqueeze(-1)
-        one_hot = F.one_hot(x_t, self.vocab_size).to(probs.dtype)
+        one_hot = _one_hot(x_t, self.vocab_size, probs.dtype)
         return torch.where(unmasked, one_hot, probs)
 
     def predict_x0(self, x_t: Tensor, t: Tensor | float) -> Tensor:
-        logits = self.model(x_t, self._batch_t(t, x_t.shape[0]))
+        with autocast(self.precision, x_t.device):
+            logits = self.model(x_t, self._batch_t(t, x_t.shape[0]))
         logits = getattr(logits, "logits", logits)
-        return self.x0_probs_from_logits(logits, x_t)
+        return self.x0_probs_from_logits(logits, x_t)   # float32 from here on
 
     def transition(self, x_t: Tensor, t: Tensor | float, t_next: Tensor | float,
                    x0_hat: Optional[Tensor] = None) -> CategoricalTransition:
@@ -119,14 +151,13 @@ class MaskedProcess:
         m_s = self.mask_prob(t_next).to(x0_hat.device)
         if m_t.dim() == 0:
             m_t, m_s = m_t.expand(x_t.shape[0]), m_s.expand(x_t.shape[0])
-        if torch.any(m_s > m_t):
-            raise ValueError("t_next must not be noisier than t")
+        check_on_device(~torch.any(m_s > m_t), "t_next must not be noisier than t")
         m_t = m_t.clamp_min(1e-12).view(-1, 1, 1)
         m_s = m_s.view(-1, 1, 1)
         p = x0_hat.to(torch.float64) * (m_t - m_s) / m_t
         p[..., self.mask_id] = (m_s / m_t).squeeze(-1)
         unmasked = (x_t != self.mask_id).unsqueeze(-1)
-        one_hot = F.one_hot(x_t, self.vocab_size).to(torch.float64)
+        one_hot = _one_hot(x_t, self.vocab_size, torch.float64)
         probs = torch.where(unmasked, one_hot, p)
         return CategoricalTransition(probs, x0_hat)
 

@@ -41,10 +41,27 @@ class Reward:
         self.batch_size = batch_size
         self.cache: dict = {}
         self.calls = 0
-        self.invalid = 0
+        self.invalid = 0   # NaN/inf outputs; counted on the outputs' device, read on access
         self.errors = 0
         self.cache_hits = 0
         self.last_error: Optional[str] = None
+
+    @property
+    def invalid(self) -> int:
+        pending = self.__dict__.get("_invalid_pending")
+        if pending is not None:   # one host read, when the count is asked for
+            self._invalid_count += int(pending)
+            self._invalid_pending = None
+        return self._invalid_count
+
+    @invalid.setter
+    def invalid(self, value: int) -> None:
+        self._invalid_count, self._invalid_pending = int(value), None
+
+    def _count_invalid(self, bad: Tensor) -> None:
+        n = bad.sum()
+        pending = self.__dict__.get("_invalid_pending")
+        self._invalid_pending = n if pending is None else pending + n.to(pending.device)
 
     def reset_counters(self) -> None:
         self.calls = self.invalid = self.errors = self.cache_hits = 0
@@ -75,11 +92,10 @@ class Reward:
                 self.errors += 1
                 return torch.full((1,), self.invalid_value, device=x0.device)
             return torch.cat([self._safe(x0[i:i + 1]) for i in range(len(x0))])
+        # no host round-trip: invalid outputs are replaced and counted on the outputs' device
         bad = ~torch.isfinite(out)
-        if bad.any():
-            self.invalid += int(bad.sum())
-            out = torch.where(bad, torch.full_like(out, self.invalid_value), out)
-        return out
+        self._count_invalid(bad)
+        return torch.where(bad, torch.full_like(out, self.invalid_value), out)
 
     def _evaluate(self, x0: Tensor) -> Tensor:
         if self.batch_size and len(x0) > self.batch_size:
