@@ -191,3 +191,41 @@ def test_only_rewards_splits_a_suite_over_invocations(tmp_path):
     assert all(by_cell[r["cell"]] == r["rewards"] for r in both)
     with pytest.raises(BenchError, match="no reward 'qed'"):
         run_suite(suite, split, progress=False, only_rewards=["qed"])
+
+
+def test_fitted_value_uses_the_network_the_domain_designates(tmp_path):
+    """`value: {fit: ...}` fits the domain's value network, as `svdd fit-value` does (the RNA
+    suite used to fit the generic TokenValueNet instead of UTRValueNet); `network: default`
+    keeps the generic one, and the two fits are cached under different keys."""
+    import dataclasses
+
+    from svdd.bench import _Context
+    from svdd.domains import get_domain
+    from svdd.values.learned import TokenValueNet, register_value_network
+
+    @register_value_network
+    class _DomainValueNet(torch.nn.Module):
+        def __init__(self, vocab_size: int, seq_len: int):
+            super().__init__()
+            self.config = dict(vocab_size=vocab_size, seq_len=seq_len)
+            self.embed = torch.nn.Embedding(vocab_size, 4)
+            self.head = torch.nn.Linear(4, 1)
+
+        def forward(self, x, t):
+            return self.head(self.embed(x.long()).mean(1)).squeeze(-1) + 0 * t
+
+    base = get_domain("toy-masked")
+    domain = dataclasses.replace(base, extra={**base.extra, "value_network":
+                                              lambda p: _DomainValueNet(p.vocab_size, p.seq_len)})
+    ctx = _Context(load_suite(_suite(domain=domain, methods=[{"method": "ancestral"}])), tmp_path, "cpu")
+    fit = {"num_rollouts": 16, "train_steps": 2, "num_steps": 4, "seed": 0}
+    value, info = ctx.value_for({"value": {"fit": dict(fit)}, "params": {}}, base.default_reward)
+    assert isinstance(value.network, _DomainValueNet) and info["options"]["network"] == "_DomainValueNet"
+    generic, ginfo = ctx.value_for({"value": {"fit": {**fit, "network": "default"}}, "params": {}}, base.default_reward)
+    assert isinstance(generic.network, TokenValueNet) and ginfo["id"] != info["id"]
+    # a fresh context loads both from the cache
+    again = _Context(load_suite(_suite(domain=domain, methods=[{"method": "ancestral"}])), tmp_path, "cpu")
+    assert isinstance(again.value_for({"value": {"fit": dict(fit)}, "params": {}}, base.default_reward)[0].network,
+                      _DomainValueNet)
+    with pytest.raises(BenchError, match="network"):
+        ctx.value_for({"value": {"fit": {**fit, "network": "cnn"}}, "params": {}}, base.default_reward)

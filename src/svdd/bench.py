@@ -608,7 +608,16 @@ class _Context:
             if opts.get("loss") == "exp" and "alpha" not in opts and alpha:
                 opts["alpha"] = alpha
             seed = int(opts.pop("seed", 0))
-            key = hashlib.sha1(json.dumps([str(reward_name), opts, seed], sort_keys=True, default=str).encode()).hexdigest()[:10]
+            # the value network the domain designates for fitting (as `svdd fit-value` uses);
+            # `network: default` keeps fit_value's generic network
+            network = opts.pop("network", "domain")
+            if network not in ("domain", "default"):
+                raise BenchError(f"value: fit: network must be 'domain' or 'default', got {network!r}")
+            build = (self.domain.extra or {}).get("value_network") if network == "domain" else None
+            key_items = [str(reward_name), opts, seed]
+            if build is not None:   # keys of fits with the generic network are unchanged
+                key_items.append({"network": "domain"})
+            key = hashlib.sha1(json.dumps(key_items, sort_keys=True, default=str).encode()).hexdigest()[:10]
             if key not in self.values:
                 from .values.learned import fit_value, load_value
 
@@ -617,9 +626,16 @@ class _Context:
                     value = load_value(cache, device=self.device)
                     cost = dict(value.meta.get("cost", {}))
                 else:
+                    kwargs = dict(opts)
+                    if build is not None:   # initialised from the fit seed, not the global RNG
+                        with torch.random.fork_rng(devices=[]):
+                            torch.manual_seed(seed)
+                            kwargs["network"] = build(self.process)
                     value, cost = fit_value(self.process, self.reward(reward_name),
-                                            generator=self.generator(seed), **opts)
+                                            generator=self.generator(seed), **kwargs)
                     value.save(cache)
+                if build is not None:
+                    opts = {**opts, "network": type(value.network).__name__}
                 self.values[key] = (value, {"id": key, "kind": "fit", "options": opts, "seed": seed, **_scalars(cost)})
             return self.values[key]
         if spec == "domain":                      # a value the domain pack ships for this reward

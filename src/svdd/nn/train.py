@@ -58,6 +58,8 @@ def train_masked_diffusion(process: MaskedProcess, data: Tensor, *, num_steps: i
             log(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in rec.items()))
         if time_budget_s is not None and time.time() - start > time_budget_s:
             log(f"time budget reached at step {step}")
+            if not history or history[-1]["step"] != step:   # the last step taken, for steps_done
+                history.append({"step": step, "train_loss_per_token": loss.item(), "elapsed_s": time.time() - start})
             break
     model.eval()
     return ema, history
