@@ -19,8 +19,10 @@ job() {  # job DOMAIN ARGS...
 }
 
 lane_a() (
-  job molecules --data .gpu-data/molecules --dim 128 --depth 4 --heads 4 --batch-size 96 --num-steps 800 \
-      --time-budget 2100 --num-samples 2000 --sample-steps 32 --threads 1
+  # session 2's shipped model: calibration planned 9,476 steps for --time-budget 3000 and the
+  # time cap stopped it at 8,952 (runs/cpu-train2/molecules.log); these flags replay exactly that
+  job molecules --data .gpu-data/molecules --dim 128 --depth 4 --heads 4 --batch-size 96 --num-steps 9476 \
+      --stop-at-step 8952 --time-budget 100000 --num-samples 10000 --sample-steps 32 --threads 1
   job rna --data .gpu-data/rna --time-budget 900 --num-random 200000 --value-rollouts 1024 --value-train-steps 1000 \
       --eval-samples 128
 )

@@ -79,6 +79,8 @@ def main():
     ap.add_argument("--warmup", type=int, default=500)
     ap.add_argument("--num-steps", type=int, default=None)
     ap.add_argument("--max-steps", type=int, default=40_000)
+    ap.add_argument("--stop-at-step", type=int, default=None,
+                    help="stop after this step (the cosine still spans --num-steps): replays a time-budgeted run")
     ap.add_argument("--time-budget", type=float, default=300.0, help="seconds of training")
     ap.add_argument("--num-samples", type=int, default=10_000)
     ap.add_argument("--sample-steps", default="32,64")
@@ -112,7 +114,8 @@ def main():
     ema, history = train_masked_diffusion(
         process, arrays["train"], num_steps=num_steps, batch_size=args.batch_size, lr=args.lr,
         warmup=min(args.warmup, max(num_steps // 10, 1)), seed=args.seed, valid_data=arrays["valid"][:2000],
-        eval_every=max(num_steps // 10, 1), log=log, amp=amp, time_budget_s=args.time_budget * 1.15)
+        eval_every=max(num_steps // 10, 1), log=log, amp=amp, time_budget_s=args.time_budget * 1.15,
+        stop_at_step=args.stop_at_step)
     train_time = time.time() - t0
     steps_done = history[-1]["step"] if history else 0
 

@@ -176,3 +176,24 @@ def test_masked_nelbo_is_exact_for_the_exact_denoiser(gen, estimator):
     assert float(z.abs().max()) < 4.5
     if estimator == "count":  # the bounded-weight estimator has a much smaller spread
         assert float(draws.std(0).mean()) < 2.5
+
+
+def test_masked_training_stops_at_step_and_replays_exactly():
+    """``stop_at_step`` ends a cosine schedule planned for ``num_steps`` early, and records that
+    step; two runs with the same seed give the same weights (a time-budgeted run can be replayed)."""
+    from svdd.nn import MaskedTransformer
+    from svdd.nn.train import train_masked_diffusion
+
+    data = torch.randint(0, 5, (64, 6), generator=torch.Generator().manual_seed(0))
+
+    def train():
+        torch.manual_seed(0)
+        model = MaskedTransformer(6, 6, dim=16, depth=1, heads=2)
+        proc = MaskedProcess(model, 6, 6, mask_id=5)
+        ema, hist = train_masked_diffusion(proc, data, num_steps=20, batch_size=8, warmup=2, stop_at_step=7,
+                                           eval_every=100, log=lambda _: None)
+        return ema, hist
+
+    (a, ha), (b, _) = train(), train()
+    assert ha[-1]["step"] == 7
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))

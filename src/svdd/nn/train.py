@@ -20,8 +20,11 @@ def train_masked_diffusion(process: MaskedProcess, data: Tensor, *, num_steps: i
                            ema_decay: float = 0.999, grad_clip: float = 1.0, seed: int = 0,
                            valid_data: Optional[Tensor] = None, eval_every: int = 1000,
                            log: Callable[[str], None] = print, amp: bool = False,
-                           time_budget_s: float | None = None) -> tuple[torch.nn.Module, list[dict]]:
-    """Train ``process.model`` in place on token tensor ``data (N, L)``; returns (EMA model, history)."""
+                           time_budget_s: float | None = None,
+                           stop_at_step: int | None = None) -> tuple[torch.nn.Module, list[dict]]:
+    """Train ``process.model`` in place on token tensor ``data (N, L)``; returns (EMA model, history).
+    The learning rate follows a cosine over ``num_steps``; ``time_budget_s`` or ``stop_at_step``
+    stop earlier (``stop_at_step`` replays a run that a time budget stopped, step for step)."""
     model = process.model
     device = process.device
     gen = torch.Generator(device="cpu").manual_seed(seed)
@@ -56,8 +59,9 @@ def train_masked_diffusion(process: MaskedProcess, data: Tensor, *, num_steps: i
                 rec["valid_nelbo_per_token"] = evaluate_nelbo(process, ema, valid_data) / valid_data.shape[1]
             history.append(rec)
             log(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in rec.items()))
-        if time_budget_s is not None and time.time() - start > time_budget_s:
-            log(f"time budget reached at step {step}")
+        over_time = time_budget_s is not None and time.time() - start > time_budget_s
+        if over_time or (stop_at_step is not None and step >= stop_at_step):
+            log(f"{'time budget' if over_time else 'stop_at_step'} reached at step {step}")
             if not history or history[-1]["step"] != step:   # the last step taken, for steps_done
                 history.append({"step": step, "train_loss_per_token": loss.item(), "elapsed_s": time.time() - start})
             break
