@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -38,17 +37,9 @@ import svdd
 from svdd.accelerator import auto_max_batch_size, resolve_precision
 from svdd.domains import get_domain
 
+from reward_throughput import cpu_model  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+
 DOMAINS = ("dna", "molecules")
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def device_name(device: str) -> str:

@@ -41,6 +41,18 @@ def check_precision(precision: str) -> str:
     return precision
 
 
+class HasPrecision:
+    """Mixin for processes: a checked ``precision`` attribute ("fp32" until set)."""
+
+    @property
+    def precision(self) -> str:
+        return getattr(self, "_precision", "fp32")
+
+    @precision.setter
+    def precision(self, value: str) -> None:
+        self._precision = check_precision(value)
+
+
 def resolve_precision(precision: str, device) -> str:
     """``"fp32"`` or ``"bf16"`` for a run on ``device`` (``"auto"``: bf16 where CUDA supports it)."""
     check_precision(precision)

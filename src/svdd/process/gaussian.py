@@ -25,7 +25,7 @@ from typing import Callable, Optional, Sequence
 import torch
 from torch import Tensor
 
-from ..accelerator import autocast, check_precision
+from ..accelerator import HasPrecision, autocast
 
 _LOG_2PI = math.log(2 * math.pi)
 
@@ -61,7 +61,7 @@ class GaussianTransition:
         return (-0.5 * z.pow(2) - torch.log(std)).flatten(1).sum(1) - 0.5 * d * _LOG_2PI
 
 
-class GaussianProcess:
+class GaussianProcess(HasPrecision):
     """``model(x_t, timestep)`` is called like a diffusers UNet: ``timestep`` a LongTensor of
     training indices (B,); the output a tensor or an object with ``.sample``.
     ``precision``: ``"fp32"`` (default), ``"bf16"`` or ``"auto"`` for the model forward."""
@@ -94,14 +94,6 @@ class GaussianProcess:
         self.dtype = dtype
         self.model_kwargs = model_kwargs or {}
         self.precision = precision
-
-    @property
-    def precision(self) -> str:
-        return getattr(self, "_precision", "fp32")
-
-    @precision.setter
-    def precision(self, value: str) -> None:
-        self._precision = check_precision(value)
 
     # -- time ---------------------------------------------------------------------------------
     def timesteps(self, num_steps: int) -> Tensor:

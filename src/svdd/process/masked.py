@@ -28,7 +28,7 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor
 
-from ..accelerator import autocast, check_precision
+from ..accelerator import HasPrecision, autocast
 from .schedules import MaskSchedule, get_mask_schedule
 
 
@@ -78,7 +78,7 @@ class CategoricalTransition:
         return torch.log(p.to(torch.float64)).sum(dim=-1)
 
 
-class MaskedProcess:
+class MaskedProcess(HasPrecision):
     """Absorbing-state diffusion over ``seq_len`` tokens of a vocabulary of ``vocab_size``
     (mask included). ``model(x (B, L) long, t (B,) float) -> logits (B, L, V)``.
     ``precision``: ``"fp32"`` (default), ``"bf16"`` or ``"auto"`` for the denoiser forward."""
@@ -102,14 +102,6 @@ class MaskedProcess:
                 device = torch.device("cpu")
         self.device = torch.device(device)
         self.precision = precision
-
-    @property
-    def precision(self) -> str:
-        return getattr(self, "_precision", "fp32")
-
-    @precision.setter
-    def precision(self, value: str) -> None:
-        self._precision = check_precision(value)
 
     # -- time ---------------------------------------------------------------------------------
     def timesteps(self, num_steps: int) -> Tensor:
