@@ -191,6 +191,10 @@ def test_only_rewards_splits_a_suite_over_invocations(tmp_path):
     assert all(by_cell[r["cell"]] == r["rewards"] for r in both)
     with pytest.raises(BenchError, match="no reward 'qed'"):
         run_suite(suite, split, progress=False, only_rewards=["qed"])
+    only = read_runs(run_suite(suite, tmp_path / "only", progress=False, only_methods=["svdd-pm"]))
+    assert {r["variant"] for r in only} == {"svdd-pm"} and len(only) == len(whole) // 2
+    with pytest.raises(BenchError, match="no method row 'dps'"):
+        run_suite(suite, split, progress=False, only_methods=["dps"])
 
 
 def test_fitted_value_uses_the_network_the_domain_designates(tmp_path):

@@ -812,12 +812,13 @@ def _save_calibrations(ctx) -> None:
 
 
 def run_suite(suite_path, out_dir, *, resume: bool = True, quick: bool = False, device: str = "cpu",
-              progress: bool = True, only_rewards: Optional[list] = None) -> Path:
+              progress: bool = True, only_rewards: Optional[list] = None,
+              only_methods: Optional[list] = None) -> Path:
     """Run every cell of a suite, appending one JSON line per run to ``out_dir/runs.jsonl``;
     with ``resume`` finished cells are skipped. ``only_rewards`` runs just those rewards' cells
     (the rest are left for another invocation, which may run at the same time on the same
-    ``out_dir``: e.g. one process per reward on a multi-core machine). Returns the path of
-    ``runs.jsonl``."""
+    ``out_dir``: e.g. one process per reward on a multi-core machine); ``only_methods`` likewise
+    runs just those method rows (their labels). Returns the path of ``runs.jsonl``."""
     suite = load_suite(suite_path, quick=quick)
     if only_rewards:
         unknown = [r for r in only_rewards if r not in suite["rewards"]]
@@ -840,6 +841,13 @@ def run_suite(suite_path, out_dir, *, resume: bool = True, quick: bool = False, 
     cells = plan_cells(suite)
     if only_rewards:
         cells = [c for c in cells if c["reward"] in only_rewards]
+    if only_methods:
+        labels = {c["variant"]["label"] for c in cells}
+        unknown = [m for m in only_methods if m not in labels]
+        if unknown:
+            raise BenchError(f"suite {suite['name']!r} has no method row {unknown[0]!r}; its rows: "
+                             f"{', '.join(sorted(labels))}")
+        cells = [c for c in cells if c["variant"]["label"] in only_methods]
     todo = [c for c in cells if c["cell"] not in done]
     # the resolved suite, for the report and for anyone re-running it
     _write_suite_copy(out, suite, suite_path, quick)

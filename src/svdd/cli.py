@@ -442,7 +442,7 @@ def cmd_bench(args) -> int:
     if not Path(args.suite).exists():
         raise UserError(f"no suite file {args.suite}; see benchmarks/*.yaml")
     run_suite(args.suite, args.out, resume=args.resume, quick=args.quick, device=_device(args.device),
-              only_rewards=args.only_reward)
+              only_rewards=args.only_reward, only_methods=args.only_method)
     return 0
 
 
@@ -544,6 +544,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--device", default="cpu")
     b.add_argument("--only-reward", action="append", default=None, metavar="REWARD",
                    help="run only this reward's cells (repeatable); run another reward in a second process on the same --out")
+    b.add_argument("--only-method", action="append", default=None, metavar="LABEL",
+                   help="run only this method row's cells (repeatable)")
     b.set_defaults(func=cmd_bench)
 
     r = sub.add_parser("report", help="tables and figures from a bench run folder")
