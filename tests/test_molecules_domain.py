@@ -255,3 +255,29 @@ def test_shipped_qed_value_loads(dom):
     out = value(x, torch.tensor(1.0))
     assert out.shape == (3,) and torch.isfinite(out).all()
     assert torch.allclose(out, out[0].expand(3))  # identical inputs, identical values
+
+
+def test_molecule_value_net_reads_the_partial_molecule(dom, tok, tmp_path):
+    """Descriptors are RDKit's (aspirin: MW 180.16, 1 donor, 1 aromatic ring); a masked sequence
+    decodes to its unmasked part, an all-mask one to nothing (all-zero features); the network
+    is the domain's SVDD-MC network and round-trips through save/load_value."""
+    from svdd.domains.molecules.value import NUM_DESCRIPTORS, MoleculeValueNet, descriptors
+    from svdd.values.learned import LearnedValue, load_value
+
+    d = descriptors(ASPIRIN)
+    assert len(d) == NUM_DESCRIPTORS and d[0] == pytest.approx(180.16, abs=0.01)
+    assert (d[3], d[6], d[8], d[-1]) == (1.0, 1.0, 13.0, 1.0)     # HBD, aromatic rings, heavy atoms, valid
+    assert descriptors("") == [0.0] * NUM_DESCRIPTORS
+    x = tok.encode([ASPIRIN, ASPIRIN])
+    x[1, 6:] = tok.mask_id
+    x_all = torch.full_like(x[:1], tok.mask_id)
+    net = dom.extra["value_network"](dom.load_process())
+    assert isinstance(net, MoleculeValueNet)
+    feats = net._features(torch.cat([x, x_all]))
+    assert feats[0].tolist() == pytest.approx(d, rel=1e-5)
+    assert 0 < feats[1, 8] < 13 and feats[2].abs().sum() == 0
+    value = LearnedValue(net, 1.0, 0.5, 0.2)
+    out = value(torch.cat([x, x_all]), torch.tensor([0.0, 0.5, 1.0]))
+    value.save(tmp_path / "v")
+    again = load_value(tmp_path / "v")
+    assert torch.allclose(again(torch.cat([x, x_all]), torch.tensor([0.0, 0.5, 1.0])), out)

@@ -400,11 +400,15 @@ def cmd_fit_value(args) -> int:
     value, cost = fit_value(process, reward, num_rollouts=args.num_rollouts, num_steps=num_steps, network=network,
                             train_steps=args.train_steps, batch_size=args.train_batch_size, lr=args.lr, loss=args.loss,
                             alpha=args.alpha, generator=gen, device=device, progress=not args.quiet,
+                            early_stopping=args.early_stopping, weight_decay=args.weight_decay,
                             log=None if args.quiet else print)
     value.meta.update({"domain": domain.name, "reward": reward.name, "model": args.model or domain.default_model})
     value.save(args.out)
     print(f"fitted value saved to {args.out}: {cost['num_rollouts']} rollouts, nfe {cost['nfe']}, "
           f"reward calls {cost['reward_calls']}, {cost['wall_time_s']:.1f} s")
+    if "heldout_corr" in cost:
+        print(f"held-out rollouts ({cost['heldout_rollouts']}): corr(value, reward) {cost['heldout_corr']:.3f} pooled "
+              f"over t, {cost['heldout_corr_last']:.3f} one step before x0 (checkpoint of step {cost['best_step']})")
     return 0
 
 
@@ -527,6 +531,9 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--lr", type=float, default=1e-3)
     f.add_argument("--loss", choices=["mse", "exp"], default="mse")
     f.add_argument("--alpha", type=float, default=1.0)
+    f.add_argument("--weight-decay", type=float, default=0.0)
+    f.add_argument("--no-early-stopping", dest="early_stopping", action="store_false",
+                   help="train all --train-steps instead of keeping the best checkpoint on validation rollouts")
     f.add_argument("--out", required=True)
     f.set_defaults(func=cmd_fit_value)
 

@@ -153,13 +153,33 @@ def load_value(path: str | Path, device: str | torch.device = "cpu") -> LearnedV
     return value.to(device).eval()
 
 
+def _predict(value: nn.Module, X: Tensor, T: Tensor, device, chunk: int = 1024) -> Tensor:
+    with torch.no_grad():
+        return torch.cat([value(X[j:j + chunk].to(device), T[j:j + chunk].to(device)).cpu()
+                          for j in range(0, X.shape[0], chunk)])
+
+
+def _corr(a: Tensor, b: Tensor) -> float:
+    if a.numel() < 2 or float(a.std()) == 0 or float(b.std()) == 0:
+        return float("nan")
+    return float(torch.corrcoef(torch.stack([a.float(), b.float()]))[0, 1])
+
+
 def fit_value(process, reward_fn, *, num_rollouts: int = 256, num_steps: int = 50, network: Optional[nn.Module] = None,
               train_steps: int = 1000, batch_size: int = 256, lr: float = 1e-3, loss: str = "mse", alpha: float = 1.0,
               generator: Optional[torch.Generator] = None, device=None, rollout_batch_size: int = 256,
+              early_stopping: bool = True, weight_decay: float = 0.0,
               log: Optional[Callable[[str], None]] = None, progress: bool = False):
     """Fit an SVDD-MC value on pretrained rollouts. Returns ``(LearnedValue, cost)`` with
     ``cost = {nfe, reward_calls, wall_time_s, num_rollouts, num_states, train_steps, final_train_loss,
-    heldout_mse, heldout_corr}`` — the last two on every 10th rollout, held out of training."""
+    best_step, heldout_mse, heldout_corr, heldout_corr_last, heldout_corr_by_t}``.
+
+    Rollouts are split by rollout (all states of one rollout go together): every 10th is held
+    out to report the fit (``heldout_*``: pooled over t; ``_last``: the states one step before
+    x0, where the value should be best; ``_by_t``: [t, corr] at five points of the grid), and,
+    with ``early_stopping``, the 9th of every 10 is a validation set scored 20 times during
+    training, whose best checkpoint is kept. A network can memorise a few thousand final
+    molecules and predict worse than the mean on new ones; the validation split catches that."""
     from ..algorithms._common import Run
     from ..algorithms.ancestral import rollout
 
@@ -186,8 +206,10 @@ def fit_value(process, reward_fn, *, num_rollouts: int = 256, num_steps: int = 5
     X, T, R, ID = torch.cat(states), torch.cat(times), torch.cat(targets), torch.cat(ids)
     # hold out every 10th rollout (all its states) to report an honest fit quality
     held = (ID % 10 == 9) if num_rollouts >= 10 else torch.zeros_like(ID, dtype=torch.bool)
+    val = (ID % 10 == 8) if early_stopping and num_rollouts >= 20 else torch.zeros_like(ID, dtype=torch.bool)
     Xh, Th, Rh = X[held], T[held], R[held]
-    X, T, R = X[~held], T[~held], R[~held]
+    Xv, Tv, Rv = X[val], T[val], R[val]
+    X, T, R = X[~(held | val)], T[~(held | val)], R[~(held | val)]
     time_scale = float(process.timesteps(1)[0])  # t of pure noise: 1 (masked) or T (gaussian)
     mean, std = float(R.mean()), float(R.std().clamp_min(1e-6)) if R.numel() > 1 else 1.0
     if network is None:  # initialise from the caller's generator, not the global RNG
@@ -197,18 +219,22 @@ def fit_value(process, reward_fn, *, num_rollouts: int = 256, num_steps: int = 5
     value = LearnedValue(network, time_scale, mean, std, meta={"loss": loss, "alpha": alpha, "num_steps": num_steps})
     device = torch.device(device) if device is not None else getattr(process, "device", torch.device("cpu"))
     value.to(device).train()
-    opt = torch.optim.AdamW(value.parameters(), lr=lr, weight_decay=0.0)
+    opt = torch.optim.AdamW(value.parameters(), lr=lr, weight_decay=weight_decay)
     cpu_gen = torch.Generator().manual_seed(int(torch.randint(0, 2**31, (1,), generator=_cpu(generator)).item()))
     shift = float(R.max())
     final = float("nan")
+    eval_every = max(train_steps // 20, 1)
+    best = (float("inf"), None, 0)            # (validation loss, state, step)
+
+    def objective(f, r):
+        if loss == "mse":
+            return ((f - r) / std).pow(2).mean()
+        return (torch.exp((r - shift) / alpha) - torch.exp((f - shift) / alpha)).pow(2).mean()
+
     for step in range(train_steps):
         idx = torch.randint(0, X.shape[0], (min(batch_size, X.shape[0]),), generator=cpu_gen)
         x, t, r = X[idx].to(device), T[idx].to(device), R[idx].to(device)
-        f = value(x, t)
-        if loss == "mse":
-            err = ((f - r) / std).pow(2).mean()
-        else:
-            err = (torch.exp((r - shift) / alpha) - torch.exp((f - shift) / alpha)).pow(2).mean()
+        err = objective(value(x, t), r)
         opt.zero_grad(set_to_none=True)
         err.backward()
         torch.nn.utils.clip_grad_norm_(value.parameters(), 1.0)
@@ -216,19 +242,30 @@ def fit_value(process, reward_fn, *, num_rollouts: int = 256, num_steps: int = 5
             g["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / max(train_steps, 1)))
         opt.step()
         final = float(err.detach())
+        if Xv.shape[0] > 1 and ((step + 1) % eval_every == 0 or step + 1 == train_steps):
+            value.eval()
+            vloss = float(objective(_predict(value, Xv, Tv, device), Rv))
+            value.train()
+            if vloss < best[0]:
+                best = (vloss, {k: v.detach().clone() for k, v in value.state_dict().items()}, step + 1)
         if log and (step + 1) % max(train_steps // 10, 1) == 0:
-            log(f"fit_value step {step + 1}/{train_steps} loss={final:.4g}")
+            log(f"fit_value step {step + 1}/{train_steps} loss={final:.4g}"
+                + (f" validation={best[0]:.4g} (best at {best[2]})" if best[1] is not None else ""))
+    if best[1] is not None:
+        value.load_state_dict(best[1])
     value.eval()
     heldout = {}
     if Xh.shape[0] > 1:
-        with torch.no_grad():
-            pred = torch.cat([value(Xh[j:j + 1024].to(device), Th[j:j + 1024].to(device)).cpu()
-                              for j in range(0, Xh.shape[0], 1024)])
+        pred = _predict(value, Xh, Th, device)
         heldout = {"heldout_rollouts": int((held.sum() // max(len(traj), 1)).item()),
-                   "heldout_mse": float((pred - Rh).pow(2).mean()),
-                   "heldout_corr": float(torch.corrcoef(torch.stack([pred, Rh]))[0, 1]) if float(Rh.std()) > 0 else float("nan")}
+                   "heldout_mse": float((pred - Rh).pow(2).mean()), "heldout_corr": _corr(pred, Rh)}
+        grid = sorted(set(Th.tolist()), reverse=True)          # noisy -> clean
+        picks = sorted({round(q * (len(grid) - 1)) for q in (0, 0.25, 0.5, 0.75, 1)})
+        by_t = [[grid[i], _corr(pred[Th == grid[i]], Rh[Th == grid[i]])] for i in picks]
+        heldout.update({"heldout_corr_last": by_t[-1][1], "heldout_corr_by_t": by_t})
     cost = {"nfe": run.process.nfe, "reward_calls": run.reward.calls, "wall_time_s": time.perf_counter() - start,
             "num_rollouts": num_rollouts, "num_states": int(X.shape[0]), "train_steps": train_steps,
-            "final_train_loss": final, "loss": loss, **heldout}
+            "final_train_loss": final, "loss": loss, "best_step": best[2] if best[1] is not None else train_steps,
+            **heldout}
     value.meta["cost"] = cost
     return value, cost

@@ -182,6 +182,8 @@ def _docking_description() -> str:
             f"SMILES); invalid 0. docking:<target>, targets: {listed}")
 
 
+from .value import MoleculeValueNet, value_network  # noqa: E402  (registers the network for load_value)
+
 REWARDS = {name: (_property_factory(name), desc) for name, (_, _, desc) in PROPERTIES.items()}
 REWARDS["docking"] = (_docking_factory, _docking_description())
 
@@ -197,7 +199,8 @@ DOMAIN = Domain(
     sample_columns=sample_columns,
     metrics=set_metrics,
     write_files=write_files,
-    extra={"values": {"qed": ASSETS / "value-qed"}, "pyproject_extra": "molecules"},
+    extra={"values": {"qed": ASSETS / "value-qed"}, "pyproject_extra": "molecules", "value_network": value_network},
 )
 
-__all__ = ["DOMAIN", "load_model", "load_tokenizer", "decode", "SelfiesTokenizer", "PropertyReward"]
+__all__ = ["DOMAIN", "load_model", "load_tokenizer", "decode", "SelfiesTokenizer", "PropertyReward", "MoleculeValueNet",
+           "value_network"]

@@ -177,10 +177,14 @@ def _pose_molblock(pose_pdbqt: str) -> str:
 
 
 def _worker_main(receptor: str, center, size, exhaustiveness: int, seed: int, tasks, results, wid: int = 0) -> None:
-    from rdkit import RDLogger
-    import vina
+    import logging
 
-    RDLogger.DisableLog("rdApp.*")
+    import meeko  # noqa: F401  (imported first: it routes RDKit's log to the "rdkit" logger)
+    import vina
+    from rdkit import RDLogger
+
+    RDLogger.DisableLog("rdApp.*")                      # UFF typing notes on exotic valences are noise here
+    logging.getLogger("rdkit").setLevel(logging.CRITICAL)
     v = vina.Vina(sf_name="vina", cpu=1, seed=seed, verbosity=0)
     v.set_receptor(receptor)
     v.compute_vina_maps(center=center, box_size=size)
