@@ -233,3 +233,52 @@ def test_fitted_value_uses_the_network_the_domain_designates(tmp_path):
                       _DomainValueNet)
     with pytest.raises(BenchError, match="network"):
         ctx.value_for({"value": {"fit": {**fit, "network": "cnn"}}, "params": {}}, base.default_reward)
+
+
+def test_guide_runs_the_method_on_a_stand_in_and_scores_with_the_suite_reward(tmp_path):
+    """`guide:` hands the algorithm another reward (here the same linear reward, so the scored
+    and guide rewards must agree per sample); the cell id changes with it; a gradient method on
+    a non-differentiable reward is recorded as unsupported with a hint to name a guide."""
+    suite = _suite(methods=[{"method": "dps", "guidance_scale": 0.5, "guide": "linear"}], seeds=[0], budget=None)
+    (r,) = read_runs(run_suite(suite, tmp_path / "a", progress=False))
+    assert r["status"] == "ok" and r["guide"] == "linear"
+    assert r["rewards"] == pytest.approx(r["guide_rewards"], abs=1e-6)
+    plain = plan_cells(load_suite(_suite(methods=[{"method": "dps", "guidance_scale": 0.5}], seeds=[0], budget=None)))
+    assert plain[0]["cell"] != plan_cells(load_suite(suite))[0]["cell"]
+    mapped = _suite(methods=[{"method": "dps", "guidance_scale": 0.5, "guide": {"linear": "linear"}}], seeds=[0],
+                    budget=None)
+    (m,) = read_runs(run_suite(mapped, tmp_path / "m", progress=False))
+    assert m["guide"] == "linear" and m["rewards"] == pytest.approx(r["rewards"], abs=1e-6)   # same seed, same guide
+    masked = _suite(domain="toy-masked", num_steps=4, methods=[{"method": "dps"}], seeds=[0], budget=None)
+    (u,) = read_runs(run_suite(masked, tmp_path / "b", progress=False))
+    assert u["status"] == "unsupported" and "'guide:'" in u["reason"]
+
+
+def test_every_cells_rewards_are_closed(tmp_path):
+    """A fresh reward per cell must have its workers stopped when the cell ends (a docking pool is
+    ~1 GB per Vina process): the runner calls ``close`` on the suite's reward and on a guide."""
+    import dataclasses
+
+    from svdd.domains.toys import GAUSSIAN_DOMAIN
+
+    closed = {"n": 0, "made": 0}
+
+    class Closable:
+        differentiable, name, invalid_value = True, "closable", 0.0
+
+        def __call__(self, x):
+            return x.reshape(x.shape[0], -1)[:, 0]
+
+        def close(self):
+            closed["n"] += 1
+
+    def make(arg=None, **_):
+        closed["made"] += 1
+        return Closable()
+
+    domain = dataclasses.replace(GAUSSIAN_DOMAIN, rewards={"closable": (make, "test")}, default_reward="closable")
+    suite = _suite(domain=domain, seeds=[0, 1], budget=None,
+                   methods=[{"method": "ancestral"}, {"method": "dps", "guidance_scale": 0.5, "guide": "closable"}])
+    rows = read_runs(run_suite(suite, tmp_path, progress=False))
+    assert [r["status"] for r in rows] == ["ok"] * 4
+    assert closed["made"] >= 6 and closed["n"] == closed["made"]   # 2 ancestral + 2 × (reward + guide) + checks

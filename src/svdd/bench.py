@@ -214,7 +214,7 @@ SUITE_KEYS = {"name", "description", "hardware", "domain", "model", "model_optio
               "seeds", "alpha", "reward", "rewards", "eval_rewards", "budget", "budgets", "methods", "quick",
               "value_call_cost", "grad_pass_cost", "calibrate", "calibration_runs", "calibration_samples", "max_knob",
               "max_batch_size", "tolerance", "notes", "reference", "sweep_kind", "reward_options"}
-METHOD_KEYS = {"method", "label", "sweep", "value", "calibrate"}
+METHOD_KEYS = {"method", "label", "sweep", "value", "calibrate", "guide"}
 
 
 def load_suite(suite, *, quick: bool = False) -> dict:
@@ -335,7 +335,7 @@ def expand_methods(suite: dict) -> list[dict]:
             if "alpha" in p and p["alpha"] is not None:
                 p["alpha"] = float(p["alpha"])
             out.append({"label": label, "variant": variant, "algorithm": name, "params": p, "sweep": point,
-                        "value": entry.get("value"), "calibrate": entry.get("calibrate"),
+                        "value": entry.get("value"), "calibrate": entry.get("calibrate"), "guide": entry.get("guide"),
                         "knob_fixed": spec.budget_knob is not None and spec.budget_knob in p,
                         "knob": spec.budget_knob, "alpha_dependent": _accepts(spec.fn, "alpha") and "alpha" in p})
     return out
@@ -365,7 +365,7 @@ def _short_hash(obj) -> str:
 def _cell_id(reward, b_index, budget, variant, seed, v=None) -> str:
     """Stable id of a cell; a change of the method's hyperparameters or value gives a new id."""
     b = "natural" if b_index is None else "b" + "-".join(f"{k}{_fmt(v)}" for k, v in sorted(budget.items()))
-    h = _short_hash([v["params"], v["value"]]) if v is not None else "-"
+    h = "-" if v is None else _short_hash([v["params"], v["value"]] + ([v["guide"]] if v.get("guide") else []))
     return f"{reward or 'default'}|{b}|{variant}|{h}|seed{seed}"
 
 
@@ -631,8 +631,11 @@ class _Context:
                         with torch.random.fork_rng(devices=[]):
                             torch.manual_seed(seed)
                             kwargs["network"] = build(self.process)
-                    value, cost = fit_value(self.process, self.reward(reward_name),
-                                            generator=self.generator(seed), **kwargs)
+                    fit_reward = self.reward(reward_name)
+                    try:
+                        value, cost = fit_value(self.process, fit_reward, generator=self.generator(seed), **kwargs)
+                    finally:
+                        _close_reward(fit_reward)
                     value.save(cache)
                 if build is not None:
                     opts = {**opts, "network": type(value.network).__name__}
@@ -653,6 +656,36 @@ class _Context:
         raise BenchError(f"value: {spec!r} not understood; use 'exact', 'domain', {{fit: {{...}}}} or {{path: DIR}}")
 
 
+def _close_reward(reward) -> None:
+    """Stop a reward's worker processes (a docking pool holds ~1 GB per Vina worker); the suite
+    builds a fresh reward per cell, so without this every cell would leave its pool behind
+    until garbage collection."""
+    for r in [reward, *getattr(reward, "rewards", [])]:
+        close = getattr(r, "close", None)
+        if callable(close):
+            try:
+                close()
+            except Exception:
+                pass
+
+
+def _differentiable(ctx: _Context, reward_name) -> bool:
+    reward = ctx.reward(reward_name)
+    try:
+        return bool(getattr(reward, "differentiable", False))
+    finally:
+        _close_reward(reward)
+
+
+def _guide_for(ctx: _Context, variant: dict, reward_name) -> Optional[str]:
+    """The reward a methods entry's ``guide:`` hands the algorithm for ``reward_name``: one spec
+    for every reward, or a mapping ``{reward: spec}`` (rewards it does not name are unguided)."""
+    guide = variant.get("guide")
+    if isinstance(guide, dict):
+        return guide.get(reward_name or ctx.domain.default_reward)
+    return guide or None
+
+
 def _run_once(ctx: _Context, variant: dict, reward_name, seed: int, num_samples: int, knob_value=None,
               value=None):
     import svdd
@@ -665,9 +698,20 @@ def _run_once(ctx: _Context, variant: dict, reward_name, seed: int, num_samples:
     if ctx.suite.get("max_batch_size"):
         cap = ctx.suite["max_batch_size"]
         params.setdefault("max_batch_size", cap if cap == "auto" else int(cap))
+    guide = _guide_for(ctx, variant, reward_name)
     reward_fn = ctx.reward(reward_name)
-    result = svdd.sample(ctx.process, reward_fn, method=variant["algorithm"], num_samples=num_samples,
-                         num_steps=ctx.num_steps, generator=ctx.generator(seed), **params)
+    guide_fn = ctx.reward(guide) if guide else reward_fn
+    try:
+        result = svdd.sample(ctx.process, guide_fn, method=variant["algorithm"], num_samples=num_samples,
+                             num_steps=ctx.num_steps, generator=ctx.generator(seed), **params)
+        if guide:   # guided by a stand-in (e.g. a differentiable surrogate); scored by the suite's reward
+            scored = torch.as_tensor(reward_fn(result.x0)).detach().reshape(-1).float().cpu()
+            result = result._replace(rewards=scored, info={**result.info, "guide": guide,
+                                                           "guide_rewards": result.rewards.detach().cpu()})
+    finally:
+        _close_reward(reward_fn)
+        if guide:
+            _close_reward(guide_fn)
     return result, reward_fn, params
 
 
@@ -724,7 +768,7 @@ def _knob_for(ctx: _Context, variant: dict, reward_name, budget: Optional[dict],
     suite = ctx.suite
     vcc = _weights(suite)
     cparams = {**variant["params"], "value_fn": value, "num_samples": int(suite["num_samples"]),
-               "reward_differentiable": bool(getattr(ctx.reward(reward_name), "differentiable", False))}
+               "reward_differentiable": _differentiable(ctx, reward_name)}
     if budget is None or variant["knob"] is None or variant["knob_fixed"]:
         fixed = variant["params"].get(variant["knob"]) if variant["knob"] else None
         pred = None
@@ -792,9 +836,10 @@ def _check_supported(ctx: _Context, variant: dict, reward_name) -> Optional[str]
     if ctx.kind not in spec.kinds:
         return f"{variant['algorithm']} does not support {ctx.kind} processes"
     if spec.needs_gradients:
-        r = ctx.reward(reward_name)
-        if not getattr(r, "differentiable", False):
-            return f"{variant['algorithm']} needs a differentiable reward; {reward_name!r} is not"
+        guide = _guide_for(ctx, variant, reward_name)
+        if not _differentiable(ctx, guide or reward_name):
+            return (f"{variant['algorithm']} needs a differentiable reward; {guide or reward_name!r} is not"
+                    + ("" if guide else " (a methods entry may name one with 'guide:')"))
     if spec.needs_value and variant["value"] is None:
         return f"{variant['algorithm']} needs 'value:' (exact, {{fit: ...}} or {{path: ...}}) in the suite"
     return None
@@ -874,6 +919,8 @@ def run_suite(suite_path, out_dir, *, resume: bool = True, quick: bool = False, 
                 "alpha_dependent": variant["alpha_dependent"], "seed": seed, "num_samples": suite["num_samples"],
                 "num_steps": ctx.num_steps, "budget": budget, "budget_index": cell["budget_index"],
                 "quick": bool(quick), "environment": env}
+        if _guide_for(ctx, variant, reward_name):
+            base["guide"] = _guide_for(ctx, variant, reward_name)
         reason = _check_supported(ctx, variant, reward_name)
         if reason:
             _append(runs_path, {**base, "status": "unsupported", "reason": reason})
@@ -893,7 +940,10 @@ def run_suite(suite_path, out_dir, *, resume: bool = True, quick: bool = False, 
             ev_spec = suite["eval_rewards"]
             for ev in (ev_spec.get(reward_name, []) if isinstance(ev_spec, dict) else ev_spec):
                 r_eval = ctx.reward(ev)
-                evals[ev] = [_short(v) for v in torch.as_tensor(r_eval(result.x0)).detach().cpu().reshape(-1).tolist()]
+                try:
+                    evals[ev] = [_short(v) for v in torch.as_tensor(r_eval(result.x0)).detach().cpu().reshape(-1).tolist()]
+                finally:
+                    _close_reward(r_eval)
             metrics_s = time.perf_counter() - t1
         except (BenchError, KeyboardInterrupt):
             raise
@@ -933,6 +983,8 @@ def run_suite(suite_path, out_dir, *, resume: bool = True, quick: bool = False, 
                            "metrics_s": metrics_s},
                "value_training": value_info,
                "rewards": [_short(v) for v in result.rewards.detach().cpu().reshape(-1).tolist()],
+               **({"guide_rewards": [_short(v) for v in info["guide_rewards"].reshape(-1).tolist()]}
+                  if "guide_rewards" in info else {}),
                "eval_rewards": evals, "metrics": metrics, "notes": notes,
                "info": _scalars({k: v for k, v in info.items() if k not in ("nfe", "reward_calls", "value_calls",
                                                                               "grad_passes", "wall_time_s")}),

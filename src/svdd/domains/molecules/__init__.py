@@ -184,8 +184,19 @@ def _docking_description() -> str:
 
 from .value import MoleculeValueNet, value_network  # noqa: E402  (registers the network for load_value)
 
+def _surrogate_factory(arg: Optional[str] = None, device: str = "cpu", **_):
+    """``surrogate:<qed|sa>``: a differentiable learned stand-in for the RDKit reward (for DPS)."""
+    from .surrogate import SURROGATES, SurrogateReward
+
+    if arg not in SURROGATES:
+        raise DomainError(f"name the surrogate's property, one of {', '.join(SURROGATES)} (e.g. surrogate:qed)")
+    return SurrogateReward(arg, device=device)
+
+
 REWARDS = {name: (_property_factory(name), desc) for name, (_, _, desc) in PROPERTIES.items()}
 REWARDS["docking"] = (_docking_factory, _docking_description())
+REWARDS["surrogate"] = (_surrogate_factory, "differentiable CNN surrogate of qed or sa on token probabilities "
+                        "(for DPS; trained on MOSES + model samples): surrogate:qed, surrogate:sa")
 
 DOMAIN = Domain(
     name="molecules",
