@@ -93,7 +93,7 @@ def main() -> None:
                 pg["lr"] = args.lr * 0.5 * (1 + math.cos(math.pi * step / args.steps))
             opt.step()
             if (step + 1) % (args.steps // 10) == 0:
-                print(f"{prop} step {step + 1} loss {float(loss):.4f}", flush=True)
+                print(f"{prop} step {step + 1} loss {float(loss.detach()):.4f}", flush=True)
         net.eval()
         with torch.no_grad():
             pv = net(torch.from_numpy(Xva).long())

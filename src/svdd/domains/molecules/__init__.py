@@ -210,7 +210,8 @@ DOMAIN = Domain(
     sample_columns=sample_columns,
     metrics=set_metrics,
     write_files=write_files,
-    extra={"values": {"qed": ASSETS / "value-qed"}, "pyproject_extra": "molecules", "value_network": value_network},
+    extra={"values": {"qed": ASSETS / "value-qed", "sa": ASSETS / "value-sa"}, "pyproject_extra": "molecules",
+           "value_network": value_network},
 )
 
 __all__ = ["DOMAIN", "load_model", "load_tokenizer", "decode", "SelfiesTokenizer", "PropertyReward", "MoleculeValueNet",
