@@ -295,3 +295,35 @@ def test_molecule_value_net_reads_the_partial_molecule(dom, tok, tmp_path):
     value.save(tmp_path / "v")
     again = load_value(tmp_path / "v")
     assert torch.allclose(again(torch.cat([x, x_all]), torch.tensor([0.0, 0.5, 1.0])), out)
+
+
+# measured 0.815 (QED) and 0.881 (SA) on these 500 molecules; s.e. of r ≈ (1 − r²)/√500 ≤ 0.016
+SURROGATE_FLOOR = {"qed": 0.7, "sa": 0.75}
+
+
+@pytest.mark.parametrize("prop", ["qed", "sa"])
+def test_surrogates_are_differentiable_stand_ins_for_the_rdkit_rewards(dom, tok, sample, prop):
+    """surrogate:<prop> reads token ids or probabilities (a one-hot row gives the same value), has
+    a finite gradient w.r.t. the probabilities (what DPS follows), and tracks RDKit's reward on
+    500 MOSES test molecules (held out of its training; floors ≥ 4 s.e. of r below the measured
+    correlations, which its config.json records)."""
+    r = dom.make_reward(f"surrogate:{prop}")
+    assert r.differentiable and r.name == f"surrogate:{prop}"
+    rows, ys = [], []
+    for smi in sample["test"][:500]:
+        try:
+            rows.append(tok.encode([smi]))
+        except Exception:
+            continue
+        mol = chem.mol_from_smiles(smi)
+        ys.append(chem.qed(mol) if prop == "qed" else chem.sa_normalised(mol))
+    x = torch.cat(rows)
+    p = torch.nn.functional.one_hot(x, tok.vocab_size).float().requires_grad_(True)
+    out = r(p)
+    assert torch.allclose(out, r(x), atol=1e-5)
+    (g,) = torch.autograd.grad(out.sum(), p)
+    assert torch.isfinite(g).all() and g.abs().sum() > 0
+    corr = float(torch.corrcoef(torch.stack([out.detach(), torch.tensor(ys)]))[0, 1])
+    assert corr > SURROGATE_FLOOR[prop]
+    with pytest.raises(DomainError, match="surrogate:qed"):
+        dom.make_reward("surrogate:logp")
