@@ -135,3 +135,17 @@ def test_quantile_summary_drops_non_finite():
     empty = quantile_summary([])
     assert empty["n"] == 0 and np.isnan(empty["median"])
     assert spread([[1, 2, 3], [3, 4, 5]])["values"] == [2.0, 4.0]
+
+
+def test_paper_rows_show_every_swept_variant_of_a_method():
+    """A method that only ran as a sweep (dps at several guidance scales) gets the gain of every
+    variant beside the paper's, not a dash and not a best-of pick."""
+    from svdd.report import _paper_md
+
+    def s(variant, algorithm, median):
+        return {"variant": variant, "algorithm": algorithm, "median": (median, median - 0.01, median + 0.01)}
+
+    md = _paper_md("molecule-qed", [s("ancestral", "ancestral", 0.5), s("svdd-pm", "svdd-pm", 0.8),
+                                    s("dps[guidance_scale=3]", "dps", 0.52), s("dps[guidance_scale=30]", "dps", 0.45)])
+    assert "| dps | 0.679 | 0.842 | +0.023 | +0.02 (guidance_scale=3), -0.05 (guidance_scale=30) |" in md
+    assert "| svdd-pm | 0.848 | 0.928 | +0.192 | +0.3 |" in md and "| smc | 0.667 | 0.722 | -0.011 | – |" not in md

@@ -311,6 +311,13 @@ def _table_md(groups: list[_Group], budget, amortised: dict, tolerance: float) -
     return "\n".join(lines), summaries
 
 
+def _natural(text: str) -> list:
+    """Sort key that orders numbers by value: 'scale=3' before 'scale=10'."""
+    import re
+
+    return [(0, float(t), "") if re.fullmatch(r"\d+(\.\d+)?", t) else (1, 0.0, t) for t in re.split(r"(\d+(?:\.\d+)?)", text)]
+
+
 def _paper_md(key: str, summaries: list[dict]) -> str:
     ref = PAPER_REFERENCE.get(key)
     if not ref:
@@ -327,10 +334,14 @@ def _paper_md(key: str, summaries: list[dict]) -> str:
         d_paper = "–" if m == "pretrained" or pre is None else f"{med - pre[0]:+.3g}"
         key_ours = "ancestral" if m == "pretrained" else m
         s = ours.get(key_ours)
-        if m == "pretrained" or s is None or ours_pre is None:
+        swept = [v for v in summaries if v["algorithm"] == m and v["variant"] != m] if s is None else []
+        if m == "pretrained" or ours_pre is None or (s is None and not swept):
             d_ours = "–"
-        else:
+        elif s is not None:
             d_ours = f"{s['median'][0] - ours_pre['median'][0]:+.3g}"
+        else:   # only sweep variants ran: every one, so nothing is picked after the fact
+            d_ours = ", ".join(f"{v['median'][0] - ours_pre['median'][0]:+.3g} ({v['variant'][len(m):].strip('[]')})"
+                               for v in sorted(swept, key=lambda v: _natural(v["variant"])))
         lines.append(f"| {m} | {_fmt(med)} | {_fmt(top)} | {d_paper} | {d_ours} |")
     return "\n".join(lines)
 
