@@ -244,6 +244,19 @@ def test_docking_aspirin_into_parp1(tmp_path, tok):
         r.close()
 
 
+def _encoded_with_labels(tok, smiles, prop):
+    """Token ids of the molecules the tokenizer can encode, and their RDKit QED or SA."""
+    rows, ys = [], []
+    for smi in smiles:
+        try:
+            rows.append(tok.encode([smi]))
+        except Exception:
+            continue
+        mol = chem.mol_from_smiles(smi)
+        ys.append(chem.qed(mol) if prop == "qed" else chem.sa_normalised(mol))
+    return torch.cat(rows), ys
+
+
 @pytest.mark.parametrize("reward,floor", [("qed", 0.2), ("sa", 0.35)])
 def test_shipped_values_track_the_reward_on_moses_molecules(dom, tok, sample, reward, floor):
     """The shipped SVDD-MC values (MoleculeValueNet, fitted on 2,048 rollouts of the shipped model)
@@ -255,17 +268,9 @@ def test_shipped_values_track_the_reward_on_moses_molecules(dom, tok, sample, re
 
     value = load_value(dom.extra["values"][reward])
     assert type(value.network).__name__ == "MoleculeValueNet" and value.meta["model"] == "moses-selfies"
-    rows, ys = [], []
-    for smi in sample["test"][:500]:
-        try:
-            rows.append(tok.encode([smi]))
-        except Exception:
-            continue
-        ys.append(chem.qed(chem.mol_from_smiles(smi)) if reward == "qed"
-                  else chem.sa_normalised(chem.mol_from_smiles(smi)))
-    x = torch.cat(rows)
+    x, ys = _encoded_with_labels(tok, sample["test"][:500], reward)
     pred = value(x, torch.tensor(0.0)).detach()
-    assert len(rows) > 450 and torch.corrcoef(torch.stack([pred, torch.tensor(ys)]))[0, 1] > floor
+    assert len(ys) > 450 and torch.corrcoef(torch.stack([pred, torch.tensor(ys)]))[0, 1] > floor
     out = value(torch.full((3, 48), tok.mask_id), torch.tensor(1.0))
     assert torch.isfinite(out).all() and torch.allclose(out, out[0].expand(3))
     assert ASSETS in dom.extra["values"][reward].parents
@@ -309,15 +314,7 @@ def test_surrogates_are_differentiable_stand_ins_for_the_rdkit_rewards(dom, tok,
     correlations, which its config.json records)."""
     r = dom.make_reward(f"surrogate:{prop}")
     assert r.differentiable and r.name == f"surrogate:{prop}"
-    rows, ys = [], []
-    for smi in sample["test"][:500]:
-        try:
-            rows.append(tok.encode([smi]))
-        except Exception:
-            continue
-        mol = chem.mol_from_smiles(smi)
-        ys.append(chem.qed(mol) if prop == "qed" else chem.sa_normalised(mol))
-    x = torch.cat(rows)
+    x, ys = _encoded_with_labels(tok, sample["test"][:500], prop)
     p = torch.nn.functional.one_hot(x, tok.vocab_size).float().requires_grad_(True)
     out = r(p)
     assert torch.allclose(out, r(x), atol=1e-5)
