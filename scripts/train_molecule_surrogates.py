@@ -4,9 +4,11 @@ Data: the tokenised MOSES subset of scripts/prepare_molecules.py (.gpu-data/mole
 samples of the shipped diffusion model (DPS applies the surrogate to the model's x̂0, and the
 model's molecules are far from MOSES: a surrogate fitted on MOSES alone has a correlation of
 ≈ 0.1 on them), labelled with RDKit (QED; SA as (10 − SA)/9). Reports the held-out correlation
-on MOSES validation molecules and on held-out model samples, and writes src/svdd/domains/molecules/assets/surrogate-<prop>/{model.safetensors,config.json}.
+on MOSES validation molecules and on held-out model samples, and writes
+src/svdd/domains/molecules/assets/surrogate-<prop>/{model.safetensors,config.json}.
 
-    python scripts/train_molecule_surrogates.py --data .gpu-data/molecules --num-train 60000 --num-model-samples 9216 --steps 4000
+    python scripts/train_molecule_surrogates.py --data .gpu-data/molecules --num-train 60000 \
+        --num-model-samples 9216 --steps 4000
 """
 
 from __future__ import annotations

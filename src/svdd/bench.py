@@ -941,7 +941,8 @@ def run_suite(suite_path, out_dir, *, resume: bool = True, quick: bool = False, 
             for ev in (ev_spec.get(reward_name, []) if isinstance(ev_spec, dict) else ev_spec):
                 r_eval = ctx.reward(ev)
                 try:
-                    evals[ev] = [_short(v) for v in torch.as_tensor(r_eval(result.x0)).detach().cpu().reshape(-1).tolist()]
+                    scores = torch.as_tensor(r_eval(result.x0)).detach().cpu().reshape(-1)
+                    evals[ev] = [_short(v) for v in scores.tolist()]
                 finally:
                     _close_reward(r_eval)
             metrics_s = time.perf_counter() - t1

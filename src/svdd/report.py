@@ -315,7 +315,8 @@ def _natural(text: str) -> list:
     """Sort key that orders numbers by value: 'scale=3' before 'scale=10'."""
     import re
 
-    return [(0, float(t), "") if re.fullmatch(r"\d+(\.\d+)?", t) else (1, 0.0, t) for t in re.split(r"(\d+(?:\.\d+)?)", text)]
+    parts = re.split(r"(\d+(?:\.\d+)?)", text)
+    return [(0, float(t), "") if re.fullmatch(r"\d+(\.\d+)?", t) else (1, 0.0, t) for t in parts]
 
 
 def _paper_md(key: str, summaries: list[dict]) -> str:
