@@ -84,9 +84,11 @@ def _check(rows: list[dict], t: dict) -> tuple[str, str, str]:
 
     reward, m, score = t["reward"], t["method"], t.get("score", "reward")
     on = "" if score == "reward" else f" on `{score}`"
-    budgets = sorted({r.get("budget_index") for r in rows if r.get("reward") == reward
-                      and r.get("budget_index") is not None}) or [None]
-    b = budgets[-1]                                            # the largest budget of the suite
+    budgets = sorted({r.get("budget_index") for r in rows if r.get("reward") == reward and r.get("variant") == m
+                      and r.get("status") == "ok" and r.get("budget_index") is not None}) or [None]
+    b = budgets[-1]                            # the largest budget at which the method ran
+    budget = next((r.get("budget") for r in rows if b is not None and r.get("budget_index") == b), None)
+    at = "" if not budget else " (" + ", ".join(f"{k} {v:g}" for k, v in budget.items()) + ")"
     x, _ = _pooled(rows, reward, m, score, b)
     if x.size == 0:
         return (f"`{reward}`: {m}", "no runs", "not run")
@@ -107,7 +109,7 @@ def _check(rows: list[dict], t: dict) -> tuple[str, str, str]:
             e, s_ = med(y)
             parts.append(f"{o} {s_}")
             ok = ok and mine > e
-        return (f"`{reward}`{on}: {m} median above {', '.join(t['others'])} at equal nfe",
+        return (f"`{reward}`{on}: {m} median above {', '.join(t['others'])} at equal nfe{at}",
                 "; ".join(parts), "met" if ok else "missed")
     if t["kind"] == "at_least":
         q = {"top10": 0.9, "median": 0.5}[t.get("stat", "median")]
@@ -119,7 +121,7 @@ def _check(rows: list[dict], t: dict) -> tuple[str, str, str]:
         if pre.size == 0:
             return (f"`{reward}`{on}: {m} gain", "no pretrained runs", "not run")
         gain = float(np.median(x) - np.median(pre))
-        return (f"`{reward}`{on}: {m} median gain over pretrained ≥ +{t['threshold']:g}",
+        return (f"`{reward}`{on}: {m} median gain over pretrained ≥ +{t['threshold']:g}{at}",
                 f"{gain:+.3g} ({_fmt(float(np.median(x)))} vs {_fmt(float(np.median(pre)))})",
                 "met" if gain >= t["threshold"] else "missed")
     if t["kind"] == "eval_fraction":
