@@ -262,7 +262,8 @@ def fit_value(process, reward_fn, *, num_rollouts: int = 256, num_steps: int = 5
         grid = sorted(set(Th.tolist()), reverse=True)          # noisy -> clean
         picks = sorted({round(q * (len(grid) - 1)) for q in (0, 0.25, 0.5, 0.75, 1)})
         by_t = [[grid[i], _corr(pred[Th == grid[i]], Rh[Th == grid[i]])] for i in picks]
-        heldout.update({"heldout_corr_last": by_t[-1][1], "heldout_corr_by_t": by_t})
+        heldout.update({"heldout_corr_last": by_t[-1][1],   # JSON has no NaN: an undefined corr is null
+                        "heldout_corr_by_t": [[t, c if math.isfinite(c) else None] for t, c in by_t]})
     cost = {"nfe": run.process.nfe, "reward_calls": run.reward.calls, "wall_time_s": time.perf_counter() - start,
             "num_rollouts": num_rollouts, "num_states": int(X.shape[0]), "train_steps": train_steps,
             "final_train_loss": final, "loss": loss, "best_step": best[2] if best[1] is not None else train_steps,
