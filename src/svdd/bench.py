@@ -660,13 +660,9 @@ def _close_reward(reward) -> None:
     """Stop a reward's worker processes (a docking pool holds ~1 GB per Vina worker); the suite
     builds a fresh reward per cell, so without this every cell would leave its pool behind
     until garbage collection."""
-    for r in [reward, *getattr(reward, "rewards", [])]:
-        close = getattr(r, "close", None)
-        if callable(close):
-            try:
-                close()
-            except Exception:
-                pass
+    from .rewards.base import close_quietly
+
+    close_quietly(reward)
 
 
 def _differentiable(ctx: _Context, reward_name) -> bool:

@@ -91,13 +91,9 @@ class ShardWorker:
                 "info": {**_jsonable_info(res.info), "worker_pid": os.getpid()}}
 
     def close(self) -> None:
-        for obj in (self.reward, self.process):
-            close = getattr(obj, "close", None)
-            if callable(close):
-                try:
-                    close()
-                except Exception:
-                    pass
+        from ..rewards.base import close_quietly
+
+        close_quietly(self.reward, self.process)
 
 
 def _shard_path(shard_dir: Path, index: int) -> Path:

@@ -158,6 +158,19 @@ class WeightedSum:
 _TERM = re.compile(r"^\s*(?:([-+]?\d*\.?\d+(?:[eE][-+]?\d+)?)\s*\*\s*)?([A-Za-z0-9_\-:./]+)\s*$")
 
 
+def close_quietly(*objs) -> None:
+    """Call ``close()`` on each object that has one, and on the terms of a weighted sum, ignoring
+    errors: rewards and processes may own worker processes (a docking pool, a reward pool)."""
+    for obj in objs:
+        for o in [obj, *getattr(obj, "rewards", [])]:
+            close = getattr(o, "close", None)
+            if callable(close):
+                try:
+                    close()
+                except Exception:
+                    pass
+
+
 def parse_reward_spec(spec: str, factory: Callable[[str], Callable]) -> Callable:
     """Parse ``"a"``, ``"a+0.5*b"`` or ``"2*a+-1*b"`` into one reward; ``factory(name)`` builds
     each named part. A single unweighted name returns the factory's reward itself."""
