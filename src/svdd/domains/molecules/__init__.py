@@ -184,6 +184,7 @@ def _docking_description() -> str:
 
 from .value import MoleculeValueNet, value_network  # noqa: E402  (registers the network for load_value)
 
+
 def _surrogate_factory(arg: Optional[str] = None, device: str = "cpu", **_):
     """``surrogate:<qed|sa>``: a differentiable learned stand-in for the RDKit reward (for DPS)."""
     from .surrogate import SURROGATES, SurrogateReward
