@@ -33,7 +33,7 @@ def test_sample_writes_run_folder_and_resume_recovers_a_killed_run(tmp_path, cap
     assert summary["num_shards"] == 3 and (out / "reward_hist.png").stat().st_size > 1000
     assert "tv_to_pretrained" in summary["metrics"]
     # simulate a kill after the first shard: drop later shards and the outputs, then --resume
-    shards = sorted((out / "shards" / "method").glob("shard_*.pt"))
+    shards = sorted((out / "shards" / "method").glob("shard_*.safetensors"))
     first_mtime = shards[0].stat().st_mtime_ns
     for p in shards[1:]:
         p.unlink()

@@ -150,7 +150,7 @@ def test_finished_shards_survive_a_failing_shard_and_resume(tmp_path):
     err = info.value
     assert "1 of 3 shards failed after 2 attempts" in str(err) and "\n" not in str(err)
     assert sorted(err.finished) == [0, 1] and list(err.failed) == [2]
-    assert sorted(p.name for p in (tmp_path / "shards").glob("*.pt")) == ["shard_00000.pt", "shard_00001.pt"]
+    assert sorted(p.name for p in (tmp_path / "shards").glob("shard_*")) == ["shard_00000.safetensors", "shard_00001.safetensors"]
     with pytest.raises(DistributedError, match="resume=True"):
         run_sharded("ancestral", GAUSS, LINEAR, num_samples=11, shard_size=4, seed=2, num_steps=STEPS,
                     shard_dir=tmp_path / "shards")

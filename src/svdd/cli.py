@@ -187,32 +187,63 @@ def _run_shards_distributed(label, method, kwargs, args, out: Path, show: bool) 
                           seed_offset=0 if label == "method" else BASELINE_SEED_OFFSET, backend=args.backend,
                           ray_address=args.ray_address, num_workers=args.workers, value_factory=value_factory,
                           shard_dir=out / "shards" / label, resume=args.resume, num_steps=args.num_steps,
+                          shard_fingerprint=_shard_fingerprint(label, method, args),
                           on_shard_done=lambda i, shard: bar.update(len(shard["x0"])), **kwargs)
     finally:
         bar.close()
-    counters = {k: float(res.info.get(k, 0)) for k in ("nfe", "grad_passes", "value_calls", "reward_calls",
-                                                       "reward_invalid", "reward_errors")}
+    counters = _shard_counters(res.info["shards"], args.num_samples)
     counters["wall_time_s"] = res.info["worker_time_s"]
-    counters["nfe_per_sample"] = res.info["nfe_per_sample"]
     for k in ("retries", "failures", "timeouts", "worker_deaths", "worker_restarts"):
         counters[k] = res.info[k]
     return {"x0": res.x0, "rewards": res.rewards.float(), "counters": counters, "num_shards": res.info["num_shards"],
             "shard_info": res.info["shards"], "coupling": res.info["coupling"]}
 
 
+FREE_OPTIONS = ("device", "max_batch_size", "fasta_alphabet", "backend", "workers", "ray_address", "reward_workers",
+                "reward_timeout", "out")
+
+
+def _shard_fingerprint(label: str, method: str, args) -> str:
+    """What a finished shard depends on: every option except where and how it ran (FREE_OPTIONS)."""
+    from .runfolder import fingerprint
+
+    config = {k: v for k, v in vars(args).items() if k not in ("func", "resume", "quiet", *FREE_OPTIONS)}
+    return fingerprint({"label": label, "method": method, "config": config})
+
+
+def _shard_counters(infos: list[dict], num_samples: int) -> dict:
+    counters = {}
+    for key in ("nfe", "grad_passes", "value_calls", "reward_calls", "reward_invalid", "reward_errors",
+                "reward_failed_samples", "wall_time_s"):
+        counters[key] = sum(float(inf.get(key, 0) or 0) for inf in infos)
+    counters["nfe_per_sample"] = counters["nfe"] / max(num_samples, 1)
+    firsts = [inf.get("reward_first_error") for inf in infos if inf.get("reward_first_error")]
+    counters["reward_first_error"] = firsts[0] if firsts else None
+    counters["reward_all_failed"] = bool(infos) and all(bool(inf.get("reward_all_failed")) for inf in infos)
+    return counters
+
+
 def _run_shards(label, method, process, reward, kwargs, args, out: Path, show: bool) -> dict:
-    """Run ``method`` in shards; shard i uses seed (args.seed, i). Returns merged arrays/counters."""
+    """Run ``method`` in shards; shard i uses seed (args.seed, i). Returns merged arrays/counters.
+
+    Each finished shard is written at once (safetensors + the folder's checksummed manifest,
+    atomically); with ``--resume`` intact shards are reused and damaged ones recomputed."""
     if getattr(args, "backend", "local") != "local":
         return _run_shards_distributed(label, method, kwargs, args, out, show)
+    from .distributed.shards import shard_tensors
+    from .runfolder import Manifest
+
     spec = get_algorithm(method)
     shard_dir = out / "shards" / label
-    shard_dir.mkdir(parents=True, exist_ok=True)
     sizes = _shard_plan(args.num_samples, args.batch_size or args.num_samples)
+    manifest = Manifest(shard_dir, _shard_fingerprint(label, method, args), root=out)
     xs, rewards, infos = [], [], []
     for i, n in enumerate(sizes):
-        path = shard_dir / f"shard_{i:05d}.pt"
-        if path.exists() and args.resume:
-            saved = torch.load(path, weights_only=False)
+        saved = manifest.load_shard(i, n) if args.resume else None
+        for message in manifest.notices:
+            print(f"svdd: {message}", file=sys.stderr)
+        manifest.notices.clear()
+        if saved is not None:
             xs.append(saved["x0"]); rewards.append(saved["rewards"]); infos.append(saved["info"])
             continue
         gen = torch.Generator(device=process.device if hasattr(process, "device") else "cpu")
@@ -221,14 +252,11 @@ def _run_shards(label, method, process, reward, kwargs, args, out: Path, show: b
         res = spec.fn(process, reward, **{**spec.defaults, **kwargs, "num_samples": n, "num_steps": args.num_steps,
                                          "generator": gen, "callback": lambda s: bar.update(1)})
         bar.close()
-        info = {k: v for k, v in res.info.items() if isinstance(v, (int, float, str, bool, list))}
-        torch.save({"x0": res.x0.cpu(), "rewards": res.rewards.cpu(), "info": info}, path)
-        xs.append(res.x0.cpu()); rewards.append(res.rewards.cpu()); infos.append(info)
-    counters = {}
-    for key in ("nfe", "grad_passes", "value_calls", "reward_calls", "reward_invalid", "reward_errors", "wall_time_s"):
-        counters[key] = sum(float(inf.get(key, 0)) for inf in infos)
-    counters["nfe_per_sample"] = counters["nfe"] / max(args.num_samples, 1)
-    return {"x0": torch.cat(xs), "rewards": torch.cat(rewards).float(), "counters": counters,
+        info = {k: v for k, v in res.info.items() if isinstance(v, (int, float, str, bool, list, type(None)))}
+        shard = {"x0": res.x0.cpu(), "rewards": res.rewards.cpu(), "info": info}
+        manifest.save_shard(i, shard_tensors(shard), info)
+        xs.append(shard["x0"]); rewards.append(shard["rewards"]); infos.append(info)
+    return {"x0": torch.cat(xs), "rewards": torch.cat(rewards).float(), "counters": _shard_counters(infos, args.num_samples),
             "num_shards": len(sizes), "shard_info": infos}
 
 
@@ -256,12 +284,17 @@ def _histogram(path: Path, rewards: torch.Tensor, baseline: Optional[torch.Tenso
     ax.set_ylabel("samples")
     ax.legend(frameon=False)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    from .runfolder import atomic_path
+
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
     plt.close(fig)
 
 
 def _write_csv(path: Path, decoded: list[str], rewards: torch.Tensor, columns: dict[str, list]):
-    with open(path, "w", newline="") as fh:
+    from .runfolder import atomic_path
+
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["index", "sample", "reward", *columns.keys()])
         for i, (s, r) in enumerate(zip(decoded, rewards.tolist())):
@@ -280,18 +313,43 @@ def cmd_sample(args) -> int:
     if args.batch_size is not None and args.batch_size < 1:
         raise UserError("--batch-size must be >= 1")
     spec = get_algorithm(args.method)
+    from .runfolder import FolderLock
+
     out = Path(args.out)
+    with FolderLock(out):    # one writer per folder, taken before anything is loaded
+        return _sample_in_folder(args, spec, out)
+
+
+def _check_run_folder(args, out: Path, config: dict) -> None:
+    """A non-empty ``out`` needs ``--resume`` and the same options (``out`` itself may differ: run
+    folders are relocatable). A damaged ``config.json`` is reported and rewritten; the shards'
+    manifest fingerprints still guard against reusing shards of other settings."""
+    from .runfolder import DamagedFile, folder_entries, read_json
+
+    if not folder_entries(out):
+        return
+    if not args.resume:
+        raise UserError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
     config_path = out / "config.json"
+    if not (config_path.exists() or config_path.is_symlink()):
+        return
+    try:
+        old = read_json(config_path, what="config")
+        if not isinstance(old, dict):
+            raise DamagedFile(f"config {config_path} is not a JSON object")
+    except DamagedFile as err:
+        print(f"svdd: {err}; rewriting it from this invocation's options", file=sys.stderr)
+        return
+    diff = [k for k in config if k not in FREE_OPTIONS and old.get(k) != config.get(k)]
+    if diff:
+        raise UserError(f"--resume: {out} was run with different {', '.join(diff)}; use the same options")
+
+
+def _sample_in_folder(args, spec, out: Path) -> int:
+    from .runfolder import atomic_write_json
+
     config = {k: v for k, v in vars(args).items() if k not in ("func", "resume", "quiet")}
-    if out.exists() and any(out.iterdir()):
-        if not args.resume:
-            raise UserError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
-        if config_path.exists():
-            old = json.loads(config_path.read_text())
-            free = ("device", "max_batch_size", "fasta_alphabet", "backend", "workers", "ray_address", "reward_workers", "reward_timeout")
-            diff = [k for k in config if k not in free and old.get(k) != config.get(k)]
-            if diff:
-                raise UserError(f"--resume: {out} was run with different {', '.join(diff)}; use the same options")
+    _check_run_folder(args, out, config)
     domain, process, reward, device = _load(args)
     if args.num_steps is None:
         args.num_steps = domain.default_num_steps
@@ -327,8 +385,7 @@ def cmd_sample(args) -> int:
         kwargs["value_fn"] = value
         value_cost = value.meta.get("cost")
 
-    out.mkdir(parents=True, exist_ok=True)
-    config_path.write_text(json.dumps(config, indent=2))
+    atomic_write_json(out / "config.json", config, root=out)
     show = not args.quiet
     started = time.time()
     run = _run_shards("method", args.method, process, reward, kwargs, args, out, show)
@@ -365,10 +422,34 @@ def cmd_sample(args) -> int:
         summary["baseline"] = {"method": "ancestral", "reward_stats": _reward_stats(baseline["rewards"], args.seed),
                                "metrics": domain.metrics(baseline["x0"], bdec, process) if domain.metrics else {},
                                "counters": baseline["counters"]}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    failures = _reward_failures(run["counters"], args.num_samples)
+    if failures:
+        summary["reward_failures"] = failures
+        if baseline and _reward_failures(baseline["counters"], args.num_samples):
+            summary["baseline"]["reward_failures"] = _reward_failures(baseline["counters"], args.num_samples)
+    atomic_write_json(out / "summary.json", summary, root=out, default=str)
     if show:
         _print_table(summary)
+    if failures:
+        print(f"svdd: warning: reward {reward.name!r} failed for {failures['failed_samples']} of {args.num_samples} "
+              f"samples (first error: {failures['first_error'] or 'non-finite values'}); see summary.json",
+              file=sys.stderr)
+        if failures["all_failed"]:
+            print(f"svdd: error: every reward evaluation failed, so these samples were not aligned; fix the reward "
+                  f"{reward.name!r} and rerun (outputs are in {out})", file=sys.stderr)
+            return 1
     return 0
+
+
+def _reward_failures(counters: dict, num_samples: int) -> Optional[dict]:
+    """The run's reward failures for summary.json (None when every evaluation succeeded)."""
+    failed = int(counters.get("reward_failed_samples") or 0)
+    errors, invalid = int(counters.get("reward_errors") or 0), int(counters.get("reward_invalid") or 0)
+    if not (failed or errors or invalid or counters.get("reward_all_failed")):
+        return None
+    return {"failed_samples": failed or errors + invalid, "errors": errors, "non_finite": invalid,
+            "reward_calls": int(counters.get("reward_calls") or 0), "num_samples": num_samples,
+            "first_error": counters.get("reward_first_error"), "all_failed": bool(counters.get("reward_all_failed"))}
 
 
 def _print_table(summary: dict) -> None:

@@ -25,6 +25,7 @@ from typing import Any, Callable, Optional
 import torch
 
 from ..algorithms import get_algorithm
+from ..runfolder import Manifest, fingerprint
 from ..types import SampleResult
 from .pool import (DistributedError, PoolCounters, Task, TaskFailure, check_backend, check_retry_args, make_backend,
                    run_tasks)
@@ -32,7 +33,7 @@ from .pool import (DistributedError, PoolCounters, Task, TaskFailure, check_back
 SEED_STRIDE = 1_000_003
 BASELINE_SEED_OFFSET = 500_009   # the CLI's pretrained-baseline shards
 COUNTER_KEYS = ("nfe", "grad_passes", "value_calls", "reward_calls", "reward_invalid", "reward_errors",
-                "reward_cache_hits")
+                "reward_failed_samples", "reward_cache_hits")
 
 COUPLED = {
     "smc": "particles are resampled within each shard only: {k} independent SMC runs of <= {n} samples",
@@ -41,6 +42,12 @@ COUPLED = {
     "best-of-n": "the global top-k is taken within each shard: top n_i of num_candidates*n_i pretrained samples, "
                  "{k} independent groups of <= {n}",
 }
+
+
+def _warn(message: str) -> None:
+    import sys
+
+    print(f"svdd: {message}", file=sys.stderr)
 
 
 def shard_plan(num_samples: int, shard_size: int) -> list[int]:
@@ -96,15 +103,16 @@ class ShardWorker:
         close_quietly(self.reward, self.process)
 
 
-def _shard_path(shard_dir: Path, index: int) -> Path:
-    return shard_dir / f"shard_{index:05d}.pt"
+def shard_tensors(shard: dict) -> dict:
+    """The tensors of a finished shard, as stored in its safetensors file."""
+    return {"x0": shard["x0"], "rewards": shard["rewards"], "log_weights": shard.get("log_weights")}
 
 
-def _save_shard(path: Path, shard: dict) -> None:
-    tmp = path.with_suffix(".pt.tmp")
-    torch.save({"x0": shard["x0"], "rewards": shard["rewards"], "log_weights": shard.get("log_weights"),
-                "info": shard["info"]}, tmp)
-    os.replace(tmp, path)   # atomic: a killed run never leaves a half-written shard
+def default_fingerprint(method: str, method_kwargs: dict, seed: int, seed_offset: int, sizes: list[int]) -> str:
+    """What makes a shard reusable: the method, its JSON-able options, the seeds and the sizes."""
+    options = {k: v for k, v in method_kwargs.items() if isinstance(v, (int, float, str, bool, type(None), list))}
+    return fingerprint({"method": method, "options": options, "seed": seed, "seed_offset": seed_offset,
+                        "sizes": sizes})
 
 
 def run_sharded(method: str, process_factory: Callable, reward_factory: Callable, *, num_samples: int,
@@ -114,7 +122,8 @@ def run_sharded(method: str, process_factory: Callable, reward_factory: Callable
                 resume: bool = False, value_factory: Optional[Callable] = None,
                 worker_options: Optional[dict] = None,
                 threads_per_worker: Optional[int] = None, worker_env: Optional[list[dict]] = None,
-                on_shard_done: Optional[Callable[[int, dict], None]] = None, **method_kwargs) -> SampleResult:
+                on_shard_done: Optional[Callable[[int, dict], None]] = None, shard_fingerprint: Optional[str] = None,
+                notify: Optional[Callable[[str], None]] = None, **method_kwargs) -> SampleResult:
     """Run ``method`` on ``num_samples`` samples in shards of ``shard_size`` spread over workers.
 
     ``process_factory()`` / ``reward_factory()`` (and ``value_factory()`` for svdd-mc) are
@@ -122,8 +131,11 @@ def run_sharded(method: str, process_factory: Callable, reward_factory: Callable
     picklable (module-level functions, ``functools.partial``, or anything cloudpickle takes).
     ``method_kwargs`` go to the algorithm (``num_steps`` is required). A shard that raises, whose
     worker dies, or that runs past ``timeout_s`` is retried at most ``max_retries`` times;
-    finished shards are kept (and written to ``shard_dir`` as they finish, in the CLI's format,
-    when given; ``resume=True`` reuses the ones already there). Returns one ``SampleResult``
+    finished shards are kept (and written to ``shard_dir`` as they finish, in the CLI's format —
+    safetensors files and a checksummed ``manifest.json``, see ``svdd.runfolder`` — when given;
+    ``resume=True`` reuses the intact ones already there, recorded under the same
+    ``shard_fingerprint``, and recomputes any damaged, partial or mismatched one after a
+    one-line ``notify`` message). Returns one ``SampleResult``
     with the shards concatenated in index order; ``info`` sums the counters and adds the pool's
     (retries, failures, timeouts, ...), ``coupling`` and the per-shard infos.
     """
@@ -158,18 +170,20 @@ def run_sharded(method: str, process_factory: Callable, reward_factory: Callable
 
     finished: dict[int, dict] = {}
     folder = Path(shard_dir) if shard_dir is not None else None
+    manifest = None
     if folder is not None:
         folder.mkdir(parents=True, exist_ok=True)
-        existing = [i for i in range(len(sizes)) if _shard_path(folder, i).exists()]
-        if existing and not resume:
-            raise DistributedError(f"{folder} already holds {len(existing)} finished shards; pass resume=True to "
-                                   "reuse them or choose an empty shard_dir")
-        for i in existing:
-            saved = torch.load(_shard_path(folder, i), weights_only=False)
-            if saved["x0"].shape[0] != sizes[i]:
-                raise DistributedError(f"{_shard_path(folder, i)} has {saved['x0'].shape[0]} samples, expected "
-                                       f"{sizes[i]}; it was written with other sizes — use an empty shard_dir")
-            finished[i] = {"index": i, "log_weights": saved.get("log_weights"), **saved}
+        fp = shard_fingerprint or default_fingerprint(method, kwargs, seed, seed_offset, sizes)
+        manifest = Manifest(folder, fp)
+        if manifest.records and not resume:
+            raise DistributedError(f"{folder} already holds {len(manifest.records)} finished shards; pass resume=True "
+                                   "to reuse them or choose an empty shard_dir")
+        for i in range(len(sizes)):
+            saved = manifest.load_shard(i, sizes[i]) if resume else None
+            if saved is not None:
+                finished[i] = {"index": i, "log_weights": saved.get("log_weights"), **saved}
+        for message in manifest.notices:
+            (notify or _warn)(message)
     resumed = sorted(finished)
     todo = [i for i in range(len(sizes)) if i not in finished]
 
@@ -190,8 +204,8 @@ def run_sharded(method: str, process_factory: Callable, reward_factory: Callable
             i = task.key
             shard["info"]["attempts"] = task.attempts + 1
             finished[i] = shard
-            if folder is not None:
-                _save_shard(_shard_path(folder, i), shard)
+            if manifest is not None:
+                manifest.save_shard(i, shard_tensors(shard), shard["info"])
             if on_shard_done is not None:
                 on_shard_done(i, shard)
 
@@ -217,7 +231,10 @@ def run_sharded(method: str, process_factory: Callable, reward_factory: Callable
     lws = [finished[i].get("log_weights") for i in order]
     log_weights = torch.cat(lws) if all(lw is not None for lw in lws) else None
     infos = [finished[i]["info"] for i in order]
-    info: dict[str, Any] = {key: sum(int(inf.get(key, 0)) for inf in infos) for key in COUNTER_KEYS}
+    info: dict[str, Any] = {key: sum(int(inf.get(key, 0) or 0) for inf in infos) for key in COUNTER_KEYS}
+    firsts = [inf["reward_first_error"] for inf in infos if inf.get("reward_first_error")]
+    info["reward_first_error"] = firsts[0] if firsts else None
+    info["reward_all_failed"] = all(bool(inf.get("reward_all_failed")) for inf in infos)
     info["nfe_per_sample"] = info["nfe"] / num_samples
     info["wall_time_s"] = time.perf_counter() - started
     info["worker_time_s"] = sum(float(inf.get("wall_time_s", 0.0)) for inf in infos)
