@@ -437,9 +437,12 @@ def _repair(path: Path) -> None:
     for line in text.splitlines():
         if line.strip():
             (good if _parses(line) else bad).append(line)
-    with open(path.with_name(path.name + ".damaged"), "a") as fh:
-        fh.write("".join(line + "\n" for line in bad))
-    path.write_text("".join(line + "\n" for line in good))
+    from .runfolder import atomic_write
+
+    damaged = path.with_name(path.name + ".damaged")
+    before = damaged.read_text() if damaged.exists() and not damaged.is_symlink() else ""
+    atomic_write(damaged, before + "".join(line + "\n" for line in bad))
+    atomic_write(path, "".join(line + "\n" for line in good))
 
 
 def _parses(line: str) -> bool:
@@ -454,7 +457,7 @@ def _append(path: Path, row: dict) -> None:
     """One ``write`` on an ``O_APPEND`` descriptor per line, so two invocations that run different
     rewards of one suite (``only_rewards``) can share ``runs.jsonl`` without interleaving."""
     data = (json.dumps(row, default=_json_default, allow_nan=True) + "\n").encode()
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
     try:
         written = os.write(fd, data)
         while written < len(data):   # only for a line larger than the OS writes at once
@@ -845,11 +848,15 @@ def _save_calibrations(ctx) -> None:
     """Merge this process's calibrations into ``calibration.json`` (another invocation running other
     rewards of the suite may have added its own since we read it), written atomically."""
     path = ctx.calibration_path
-    merged = json.loads(path.read_text()) if path.exists() else {}
+    from .runfolder import DamagedFile, atomic_write_json, read_json
+
+    try:
+        merged = read_json(path, what="calibration") if path.exists() else {}
+    except DamagedFile:
+        merged = {}   # recomputed calibrations replace a damaged file
+    merged = merged if isinstance(merged, dict) else {}
     merged.update(ctx.calibrations)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(merged, indent=1, sort_keys=True))
-    os.replace(tmp, path)
+    atomic_write_json(path, merged, indent=1, sort_keys=True)
 
 
 def run_suite(suite_path, out_dir, *, resume: bool = True, quick: bool = False, device: str = "cpu",
@@ -867,8 +874,34 @@ def run_suite(suite_path, out_dir, *, resume: bool = True, quick: bool = False, 
             raise BenchError(f"suite {suite['name']!r} has no reward {unknown[0]!r}; its rewards: "
                              f"{', '.join(str(r) for r in suite['rewards'])}")
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    runs_path = out / "runs.jsonl"
+    from .runfolder import FolderLock, fingerprint as _fp
+
+    # one writer per folder: a whole-suite run holds the folder exclusively; runs of parts of it
+    # (--only-reward / --only-method) share it with each other, each part held by one process
+    locks = [FolderLock(out, shared=bool(only_rewards or only_methods))]
+    if only_rewards or only_methods:
+        part = _fp({"rewards": sorted(map(str, only_rewards or [])), "methods": sorted(map(str, only_methods or []))})
+        locks.append(FolderLock(out, name=f".svdd-part-{part}.lock"))
+    for lock in locks:
+        try:
+            lock.acquire()
+        except Exception:
+            for held in locks:
+                held.release()
+            raise
+    try:
+        return _run_suite_locked(suite, suite_path, out, resume=resume, quick=quick, device=device, progress=progress,
+                                 only_rewards=only_rewards, only_methods=only_methods)
+    finally:
+        for lock in locks:
+            lock.release()
+
+
+def _run_suite_locked(suite, suite_path, out: Path, *, resume, quick, device, progress, only_rewards,
+                      only_methods) -> Path:
+    from .runfolder import check_no_symlink
+
+    runs_path = check_no_symlink(out / "runs.jsonl", out)
     _repair(runs_path)
     previous = read_runs(runs_path)
     if previous and not resume:
@@ -1003,7 +1036,9 @@ def _write_suite_copy(out: Path, suite: dict, suite_path, quick: bool) -> None:
         data["domain"] = getattr(suite.get("domain"), "name", str(suite.get("domain")))
     data["_source"] = str(suite_path) if isinstance(suite_path, (str, os.PathLike)) else "<dict>"
     data["_quick"] = bool(quick)
-    (out / "suite.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+    from .runfolder import atomic_write
+
+    atomic_write(out / "suite.yaml", yaml.safe_dump(data, sort_keys=False), root=out)
 
 
 __all__ = ["run_suite", "load_suite", "plan_cells", "expand_methods", "match_budget", "solve_knob",

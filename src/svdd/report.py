@@ -28,6 +28,7 @@ from typing import Optional
 import numpy as np
 
 from .metrics.stats import bootstrap_ci, spread
+from .runfolder import atomic_path, atomic_write
 
 # ------------------------------------------------------------------------------------------------
 # published reference numbers (SVDD paper, arXiv 2408.08252; final version Table 1 unless noted).
@@ -371,6 +372,11 @@ def _safe(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in str(name))
 
 
+def _save_figure(fig, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+
+
 def _figures(reward: str, tables: list[tuple], fig_dir: Path, refs: list[dict]) -> list[tuple[str, Path]]:
     """tables: [(budget, summaries)] for one reward -> [(caption, path)]."""
     plt = _plt()
@@ -398,7 +404,7 @@ def _figures(reward: str, tables: list[tuple], fig_dir: Path, refs: list[dict]) 
         ax.legend(fontsize=7, loc="best")
         fig.tight_layout()
         path = fig_dir / f"{_safe(reward)}_reward_vs_cost.png"
-        fig.savefig(path, dpi=110)
+        _save_figure(fig, path)
         plt.close(fig)
         out.append((f"{reward}: median reward (95 % CI) vs cost per sample", path))
     # 2. reward distributions at the largest budget
@@ -419,7 +425,7 @@ def _figures(reward: str, tables: list[tuple], fig_dir: Path, refs: list[dict]) 
         ax.grid(alpha=0.3, axis="y")
         fig.tight_layout()
         path = fig_dir / f"{_safe(reward)}_distributions.png"
-        fig.savefig(path, dpi=110)
+        _save_figure(fig, path)
         plt.close(fig)
         out.append((f"{reward}: reward distributions ({_budget_label(budget)})", path))
     # 3. alpha sweep: mean reward vs alpha, against the exact target's mean where known
@@ -444,7 +450,7 @@ def _figures(reward: str, tables: list[tuple], fig_dir: Path, refs: list[dict]) 
         ax.set_title(_budget_label(budget), fontsize=9)
         fig.tight_layout()
         path = fig_dir / f"{_safe(reward)}_reward_vs_alpha.png"
-        fig.savefig(path, dpi=110)
+        _save_figure(fig, path)
         plt.close(fig)
         out.append((f"{reward}: mean reward vs α ({_budget_label(budget)})", path))
     # 4. reward vs diversity
@@ -461,7 +467,7 @@ def _figures(reward: str, tables: list[tuple], fig_dir: Path, refs: list[dict]) 
         ax.grid(alpha=0.3)
         fig.tight_layout()
         path = fig_dir / f"{_safe(reward)}_reward_vs_diversity.png"
-        fig.savefig(path, dpi=110)
+        _save_figure(fig, path)
         plt.close(fig)
         out.append((f"{reward}: median reward vs {div}", path))
     return out
@@ -544,7 +550,7 @@ def build_report(run_dir, out_md=None, *, figures: bool = True) -> str:
     out_md = Path(out_md) if out_md is not None else run_dir / "report.md"
     out_md.parent.mkdir(parents=True, exist_ok=True)
     md = render(run_dir, out_md.parent, figures=figures)
-    out_md.write_text(md)
+    atomic_write(out_md, md)
     return md
 
 

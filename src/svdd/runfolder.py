@@ -297,16 +297,19 @@ class FolderLock:
     exits, so a lock file left by a killed run is stale by construction and is taken over (a
     notice names the dead holder). The lock file is opened with ``O_NOFOLLOW``."""
 
-    def __init__(self, folder: str | Path, *, what: str = "run folder", notify=None):
+    def __init__(self, folder: str | Path, *, what: str = "run folder", notify=None, name: str = LOCK_NAME,
+                 shared: bool = False):
         self.folder = Path(folder)
         self.what = what
+        self.name = name
+        self.shared = shared   # a shared lock: several holders, none while an exclusive one is held
         self.notify = notify if notify is not None else (lambda msg: print(f"svdd: {msg}", file=sys.stderr))
         self.fd: Optional[int] = None
         self.previous: Optional[dict] = None
 
     @property
     def path(self) -> Path:
-        return self.folder / LOCK_NAME
+        return self.folder / self.name
 
     def _holder(self) -> dict:
         try:
@@ -331,15 +334,18 @@ class FolderLock:
             raise RunFolderError(f"cannot write to {self.folder} ({err.strerror or err}); "
                                  "choose a writable --out") from None
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, (fcntl.LOCK_SH if self.shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
         except OSError:
             os.close(fd)
             h = self._holder()
             since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(h["started"])) if "started" in h else "?"
-            raise FolderLocked(f"{self.folder} is in use by another svdd run (pid {h.get('pid', '?')} on "
-                               f"{h.get('host', '?')}, since {since}); wait for it to finish or choose another "
-                               "--out") from None
+            who = (f"pid {h['pid']} on {h.get('host', '?')}, since {since}" if h.get("pid")
+                   else "other svdd processes working on parts of it")
+            raise FolderLocked(f"{self.folder} is in use by another svdd run ({who}); wait for it to finish or "
+                               "choose another --out") from None
         self.fd = fd
+        if self.shared:
+            return self
         old = self._holder()
         if old.get("pid") and (old.get("pid") != os.getpid() or old.get("host") != socket.gethostname()):
             self.previous = old
@@ -360,7 +366,8 @@ class FolderLock:
         import fcntl
 
         try:
-            os.ftruncate(self.fd, 0)   # a clean exit leaves an empty, unheld lock file
+            if not self.shared:
+                os.ftruncate(self.fd, 0)   # a clean exit leaves an empty, unheld lock file
             fcntl.flock(self.fd, fcntl.LOCK_UN)
         finally:
             os.close(self.fd)
@@ -377,4 +384,4 @@ def folder_entries(folder: Path) -> list[Path]:
     """What a folder holds, ignoring svdd's lock file."""
     if not folder.is_dir():
         return []
-    return [p for p in folder.iterdir() if p.name != LOCK_NAME]
+    return [p for p in folder.iterdir() if not (p.name.startswith(".svdd") and p.name.endswith(".lock"))]

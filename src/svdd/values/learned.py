@@ -133,8 +133,13 @@ class LearnedValue(nn.Module):
         path.mkdir(parents=True, exist_ok=True)
         meta = {"network": type(self.network).__name__, "config": self.network.config, "time_scale": self.time_scale,
                 **self.meta}
-        (path / "value.json").write_text(json.dumps(meta, indent=2, default=float))
-        save_file({k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}, str(path / "value.safetensors"))
+        from ..runfolder import atomic_path, atomic_write_json
+
+        # weights first, then the JSON that makes the folder loadable: a killed save leaves no
+        # value.json pointing at half-written weights
+        with atomic_path(path / "value.safetensors") as tmp:
+            save_file({k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}, str(tmp))
+        atomic_write_json(path / "value.json", meta, default=float)
 
 
 def load_value(path: str | Path, device: str | torch.device = "cpu") -> LearnedValue:

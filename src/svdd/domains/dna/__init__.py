@@ -106,7 +106,9 @@ def write_fasta(out_dir: Path, x0: Tensor, decoded: list[str], rewards: Tensor, 
     name = (info or {}).get("reward", "reward")
     extra = _oracle_scores(x0.cpu()).get("hepg2_eval")
     path = out_dir / "samples.fasta"
-    with open(path, "w") as f:
+    from ...runfolder import atomic_path
+
+    with atomic_path(path) as tmp, open(tmp, "w") as f:
         for i, seq in enumerate(decoded):
             head = f">sample_{i:05d} {name}={float(rewards[i]):.4f}"
             if extra is not None:

@@ -44,7 +44,10 @@ def grid_image(x: Tensor, ncols: Optional[int] = None, scale: int = 4, pad: int 
 
 def save_grid(path, x: Tensor, ncols: Optional[int] = None, scale: int = 4) -> Path:
     path = Path(path)
-    grid_image(x, ncols, scale).save(path)
+    from ...runfolder import atomic_path
+
+    with atomic_path(path) as tmp:
+        grid_image(x, ncols, scale).save(tmp, format="PNG")
     return path
 
 

@@ -94,9 +94,6 @@ def set_metrics(x0: Tensor, decoded: list[str], process=None, **options) -> dict
 def write_files(out_dir, x0: Tensor, decoded: list[str], rewards, info: Optional[dict] = None) -> list[Path]:
     """``molecules.sdf``: valid molecules with SMILES, reward and index; docked 3D poses (and
     the Vina score) when a docking reward docked them in this process, 2D coordinates otherwise."""
-    from rdkit import Chem
-    from rdkit.Chem import AllChem
-
     from .docking import active_docking_rewards
 
     out_dir = Path(out_dir)
@@ -104,6 +101,17 @@ def write_files(out_dir, x0: Tensor, decoded: list[str], rewards, info: Optional
     path = out_dir / "molecules.sdf"
     dockers = active_docking_rewards()
     rewards = torch.as_tensor(rewards).tolist() if rewards is not None else [None] * len(decoded)
+    from ...runfolder import atomic_path
+
+    with atomic_path(path) as tmp:
+        _write_sdf(tmp, decoded, rewards, dockers)
+    return [path]
+
+
+def _write_sdf(path, decoded, rewards, dockers) -> None:
+    from rdkit import Chem
+    from rdkit.Chem import AllChem
+
     writer = Chem.SDWriter(str(path))
     try:
         for i, (s, r) in enumerate(zip(decoded, rewards)):
@@ -132,7 +140,6 @@ def write_files(out_dir, x0: Tensor, decoded: list[str], rewards, info: Optional
             writer.write(posed)
     finally:
         writer.close()
-    return [path]
 
 
 # -- rewards ----------------------------------------------------------------------------------------

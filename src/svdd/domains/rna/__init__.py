@@ -61,8 +61,9 @@ def write_fasta(path: Path, sequences: list[str], rewards: Optional[Tensor] = No
         s = s.upper().replace("T", "U") if alphabet == "U" else s.upper().replace("U", "T")
         header = f">utr_{i}" + (f" reward={float(rewards[i]):.4f}" if rewards is not None else "")
         lines += [header, s]
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    from ...runfolder import atomic_write
+
+    return atomic_write(path, "\n".join(lines) + "\n")
 
 
 def _write_files(out_dir: Path, x0: Tensor, decoded: list[str], rewards: Tensor, info: dict,
