@@ -17,6 +17,7 @@ import os
 import platform
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Optional
 
@@ -28,14 +29,16 @@ from .algorithms import ALGORITHMS, AlgorithmError, get_algorithm
 from .bench import BenchError
 from .cache import DataError
 from .domains import DOMAIN_MODULES, DomainError, get_domain
-from .rewards.base import RewardError, as_reward
+from .rewards.base import RewardError, RewardWarning, as_reward
 
 
 class UserError(Exception):
     pass
 
 
-USER_ERRORS = (UserError, DomainError, AlgorithmError, RewardError, BenchError, DataError, PrecisionError)
+from .runfolder import RunFolderError  # noqa: E402
+
+USER_ERRORS = (UserError, RunFolderError, DomainError, AlgorithmError, RewardError, BenchError, DataError, PrecisionError)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -249,8 +252,10 @@ def _run_shards(label, method, process, reward, kwargs, args, out: Path, show: b
         gen = torch.Generator(device=process.device if hasattr(process, "device") else "cpu")
         gen.manual_seed(args.seed * 1_000_003 + i + (0 if label == "method" else 500_009))
         bar = _progress(args.num_steps, f"{label} {method} [{i + 1}/{len(sizes)}]", show)
-        res = spec.fn(process, reward, **{**spec.defaults, **kwargs, "num_samples": n, "num_steps": args.num_steps,
-                                         "generator": gen, "callback": lambda s: bar.update(1)})
+        with warnings.catch_warnings():   # the CLI says it once for the whole run (cmd_sample)
+            warnings.simplefilter("ignore", RewardWarning)
+            res = spec.fn(process, reward, **{**spec.defaults, **kwargs, "num_samples": n, "num_steps": args.num_steps,
+                                             "generator": gen, "callback": lambda s: bar.update(1)})
         bar.close()
         info = {k: v for k, v in res.info.items() if isinstance(v, (int, float, str, bool, list, type(None)))}
         shard = {"x0": res.x0.cpu(), "rewards": res.rewards.cpu(), "info": info}
@@ -324,8 +329,12 @@ def _check_run_folder(args, out: Path, config: dict) -> None:
     """A non-empty ``out`` needs ``--resume`` and the same options (``out`` itself may differ: run
     folders are relocatable). A damaged ``config.json`` is reported and rewritten; the shards'
     manifest fingerprints still guard against reusing shards of other settings."""
-    from .runfolder import DamagedFile, folder_entries, read_json
+    from .runfolder import DamagedFile, find_symlinks, folder_entries, read_json
 
+    links = find_symlinks(out)
+    if links:
+        raise UserError(f"{links[0]} is a symbolic link; svdd never reads or writes through links in a run folder "
+                        "— remove it (or copy the run to a fresh folder) and rerun")
     if not folder_entries(out):
         return
     if not args.resume:
@@ -431,9 +440,11 @@ def _sample_in_folder(args, spec, out: Path) -> int:
     if show:
         _print_table(summary)
     if failures:
-        print(f"svdd: warning: reward {reward.name!r} failed for {failures['failed_samples']} of {args.num_samples} "
-              f"samples (first error: {failures['first_error'] or 'non-finite values'}); see summary.json",
-              file=sys.stderr)
+        print(f"svdd: warning: reward {reward.name!r} failed on {failures['failed_samples']} scored samples "
+              f"(candidates included; {failures['reward_calls']} reward calls, {failures['errors']} raised, "
+              f"{failures['non_finite']} NaN/inf; first error: "
+              f"{failures['first_error'] or 'non-finite values'}); failed samples scored invalid_value and never won "
+              "a selection; see summary.json", file=sys.stderr)
         if failures["all_failed"]:
             print(f"svdd: error: every reward evaluation failed, so these samples were not aligned; fix the reward "
                   f"{reward.name!r} and rerun (outputs are in {out})", file=sys.stderr)
@@ -447,6 +458,8 @@ def _reward_failures(counters: dict, num_samples: int) -> Optional[dict]:
     errors, invalid = int(counters.get("reward_errors") or 0), int(counters.get("reward_invalid") or 0)
     if not (failed or errors or invalid or counters.get("reward_all_failed")):
         return None
+    # failed_samples counts every scored sample (candidates and duplicates included) whose reward
+    # was replaced by invalid_value; reward_calls counts the distinct evaluations
     return {"failed_samples": failed or errors + invalid, "errors": errors, "non_finite": invalid,
             "reward_calls": int(counters.get("reward_calls") or 0), "num_samples": num_samples,
             "first_error": counters.get("reward_first_error"), "all_failed": bool(counters.get("reward_all_failed"))}

@@ -380,6 +380,16 @@ class FolderLock:
         self.release()
 
 
+def find_symlinks(folder: Path) -> list[Path]:
+    """Every symbolic link inside ``folder`` (not followed), sorted."""
+    found = []
+    for here, dirs, files in os.walk(folder, followlinks=False):
+        for name in dirs + files:
+            if os.path.islink(os.path.join(here, name)):
+                found.append(Path(here) / name)
+    return sorted(found)
+
+
 def folder_entries(folder: Path) -> list[Path]:
     """What a folder holds, ignoring svdd's lock file."""
     if not folder.is_dir():

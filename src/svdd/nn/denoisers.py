@@ -66,10 +66,13 @@ def save_model(model: nn.Module, path: str | Path, extra: dict | None = None, ha
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     config = {"class": type(model).__name__, "config": model.config, **(extra or {})}
-    (path / "config.json").write_text(json.dumps(config, indent=2))
     state = {k: (v.half() if half and v.is_floating_point() else v).detach().cpu().contiguous()
              for k, v in model.state_dict().items()}
-    save_file(state, str(path / "model.safetensors"))
+    from ..runfolder import atomic_path, atomic_write_json
+
+    with atomic_path(path / "model.safetensors") as tmp:
+        save_file(state, str(tmp))
+    atomic_write_json(path / "config.json", config)
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> nn.Module:

@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import hashlib
+import sys
 from functools import lru_cache
 from typing import Optional, Sequence
 
@@ -102,17 +103,24 @@ def fcd_reference_stats() -> tuple[np.ndarray, np.ndarray]:
     """ChemNet mean/covariance of a fixed random subset of the MOSES test set (cached on disk)."""
     key = f"moses-test-n{FCD_REFERENCE_SIZE}-seed{FCD_REFERENCE_SEED}-fcd1.2.2"
     path = cache_dir("fcd") / f"{key}.npz"
-    if path.exists():
-        with np.load(path) as z:
-            if str(z["key"]) == key:
-                return z["mu"], z["sigma"]
+    if path.exists() and not path.is_symlink():
+        try:   # a cache file is checked before it is trusted (np.load never unpickles here)
+            with np.load(path, allow_pickle=False) as z:
+                mu, sigma = z["mu"], z["sigma"]
+                if (str(z["key"]) == key and mu.ndim == 1 and sigma.shape == (len(mu), len(mu))
+                        and str(z["sha"]) == hashlib.sha256(mu.tobytes() + sigma.tobytes()).hexdigest()):
+                    return mu, sigma
+        except Exception:
+            pass
+        print(f"svdd: the FCD reference cache {path} is damaged; recomputing it", file=sys.stderr)
     test = load_moses("test")
     idx = np.random.default_rng(FCD_REFERENCE_SEED).permutation(len(test))[:FCD_REFERENCE_SIZE]
     mu, sigma = _stats([test[i] for i in idx])
-    tmp = path.with_suffix(".tmp.npz")
-    np.savez(tmp, mu=mu, sigma=sigma, key=key,
-             sha=hashlib.sha256(mu.tobytes() + sigma.tobytes()).hexdigest())
-    tmp.replace(path)
+    from ...runfolder import atomic_path
+
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, mu=mu, sigma=sigma, key=key, sha=hashlib.sha256(mu.tobytes() + sigma.tobytes()).hexdigest())
     return mu, sigma
 
 
