@@ -358,9 +358,9 @@ def test_reward_counts_invalid_outputs_without_a_host_read_per_call():
 
     r = as_reward(lambda x: torch.where(x[:, 0] > 0, torch.nan, 1.0))
     out = r(torch.tensor([[1.0], [-1.0], [2.0]]))
-    assert out.tolist() == [0.0, 1.0, 0.0] and r._invalid_pending is not None
+    assert out.tolist() == [0.0, 1.0, 0.0] and r._invalid.pending is not None
     r(torch.tensor([[3.0]]))
-    assert r.invalid == 3 and r._invalid_pending is None and r.counters()["reward_invalid"] == 3
+    assert r.invalid == 3 and r._invalid.pending is None and r.counters()["reward_invalid"] == 3
 
 
 @pytest.mark.gpu

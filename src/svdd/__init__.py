@@ -13,6 +13,7 @@ import torch
 
 from .algorithms import ALGORITHMS, AlgorithmError, get_algorithm
 from .process import GaussianProcess, MaskedProcess, from_diffusers
+from .rewards.base import RewardError, RewardWarning
 from .types import SampleResult, StepInfo
 from .values import posterior_mean_value
 
@@ -41,4 +42,4 @@ def from_pipeline(*args, **kwargs):
 
 
 __all__ = ["sample", "ALGORITHMS", "AlgorithmError", "GaussianProcess", "MaskedProcess", "from_diffusers",
-           "from_pipeline", "SampleResult", "StepInfo", "posterior_mean_value", "__version__"]
+           "from_pipeline", "RewardError", "RewardWarning", "SampleResult", "StepInfo", "posterior_mean_value", "__version__"]

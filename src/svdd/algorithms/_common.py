@@ -1,6 +1,14 @@
 """Shared plumbing for algorithms: counting denoiser evaluations (nfe, per batch element),
 safe/counted rewards, argument checks, chunked evaluation and result assembly.
 
+Invalid samples (a reward that raised or returned NaN / ±inf) keep the reward's declared
+``invalid_value`` as their reported reward, but every selection ranks them below every valid
+sample: ``selection_scores(values, valid)`` is the value with −inf at invalid rows, and the
+argmax / softmax draw (``select_children``), top-k, resampling and search comparisons all run on
+it; when every candidate is invalid the argmax takes the first and the softmax draw is uniform.
+``Run.result`` reports the reward counters and emits one ``RewardWarning`` per run when
+anything failed.
+
 Host round-trips: nothing here reads a device tensor on the host inside a step loop. Per-step
 records stay tensors until ``Run.result``, SVDD's softmax selection draws on the values' device
 with the caller's generator, and ``host_grid`` copies the time grid to the host once, before
@@ -10,13 +18,14 @@ the loop, so step decisions (``t_next == 0``) cost no sync.
 from __future__ import annotations
 
 import time
+import warnings
 from typing import Callable, Optional
 
 import torch
 from torch import Tensor
 
 from ..accelerator import auto_max_batch_size
-from ..rewards.base import Reward, as_reward
+from ..rewards.base import Reward, RewardOutput, RewardWarning, as_reward
 from ..types import SampleResult, StepInfo
 from .registry import AlgorithmError
 
@@ -114,6 +123,17 @@ class Run:
         self.value_calls += x.shape[0]
         return self.value_fn(x, torch.as_tensor(t))
 
+    def evaluate_value(self, x: Tensor, t, counts: Optional[Tensor] = None) -> RewardOutput:
+        """``value_fn(x, t)`` with a validity mask: a value that knows it (``evaluate``) says so;
+        otherwise non-finite values are invalid (and reported as the reward's invalid_value)."""
+        evaluate = getattr(self.value_fn, "evaluate", None)
+        if callable(evaluate):
+            self.value_calls += x.shape[0]
+            return evaluate(x, torch.as_tensor(t), counts=counts)
+        v = self.value(x, t)
+        ok = torch.isfinite(v)
+        return RewardOutput(torch.where(ok, v, torch.full_like(v, self.reward.invalid_value)), ok)
+
     def record(self, **arrays) -> None:
         """Append per-step values; one-element tensors stay on their device until ``result``
         (no host round-trip per step) and become Python numbers there."""
@@ -128,6 +148,9 @@ class Run:
     def result(self, x0: Tensor, rewards: Tensor, log_weights: Optional[Tensor] = None, **extra) -> SampleResult:
         torch.set_grad_enabled(self.grad_was_enabled)
         n = x0.shape[0]
+        message = self.reward.failure_message()
+        if message is not None:   # once per run, however many calls failed
+            warnings.warn(message, RewardWarning, stacklevel=3)
         info = {
             "nfe": int(self.process.nfe),
             "nfe_per_sample": self.process.nfe / max(n, 1),
@@ -151,11 +174,21 @@ def _to_host(values: list) -> list:
     return [v.item() if isinstance(v, Tensor) else v for v in values]
 
 
-def select_children(values: Tensor, alpha: float, generator: Optional[torch.Generator]) -> Tensor:
+def selection_scores(values: Tensor, valid: Optional[Tensor] = None) -> Tensor:
+    """What selections rank: ``values`` with −inf where ``valid`` is False (or the value is not
+    finite), so an invalid sample ranks below every valid one whatever its invalid_value."""
+    ok = torch.isfinite(values) if valid is None else valid.to(values.device) & torch.isfinite(values)
+    return torch.where(ok, values, torch.full_like(values, -torch.inf))
+
+
+def select_children(values: Tensor, alpha: float, generator: Optional[torch.Generator],
+                    valid: Optional[Tensor] = None) -> Tensor:
     """values (B, M) -> index (B,): argmax (first on ties) at alpha == 0, else a draw from
-    softmax(values / alpha) computed in log space (float64). The draw runs on the values'
-    device when the generator lives there (no host round-trip); a generator on another device
-    draws on its own side."""
+    softmax(values / alpha) computed in log space (float64); invalid children (``valid`` False,
+    or non-finite values) are never kept while a row has a valid one (argmax: the first child,
+    softmax: uniform, when none is). The draw runs on the values' device when the generator
+    lives there (no host round-trip); a generator on another device draws on its own side."""
+    values = selection_scores(values, valid)
     if alpha == 0:
         return values.argmax(dim=1)
     logits = values.double() / alpha

@@ -2,6 +2,9 @@
 ``num_samples`` by reward — globally, as in the SVDD paper ("select the top 1/N samples"), or
 the best of each group of ``num_candidates`` with ``per_group=True``.
 
+An invalid sample (its reward raised or was NaN / ±inf) is kept only when fewer valid ones
+exist; it reports the reward's ``invalid_value``.
+
 Cost: ``nfe = num_candidates · K`` and ``num_candidates`` reward calls per final sample.
 """
 
@@ -9,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from ._common import Run, check_common, check_positive_int
+from ._common import Run, check_common, check_positive_int, selection_scores
 from .ancestral import rollout
 from .registry import register
 
@@ -24,11 +27,12 @@ def best_of_n(process, reward_fn, *, num_samples, num_steps, num_candidates=8, p
     total = num_samples * num_candidates
     with torch.no_grad():
         x0, _ = rollout(run, total, num_steps, generator)
-        rewards = run.reward(x0)
+        rewards, valid = run.reward.evaluate(x0)
+        scores = selection_scores(rewards, valid)   # invalid samples rank below every valid one
         if per_group:
-            idx = rewards.view(num_samples, num_candidates).argmax(dim=1)
+            idx = scores.view(num_samples, num_candidates).argmax(dim=1)
             keep = torch.arange(num_samples, device=idx.device) * num_candidates + idx
         else:
-            keep = torch.topk(rewards, num_samples, sorted=True).indices
+            keep = torch.topk(scores, num_samples, sorted=True).indices
     return run.result(x0[keep], rewards[keep], pool_size=total,
                       pool_reward_median=float(rewards.float().median()))

@@ -27,7 +27,8 @@ Notation (code → paper):
                         δ = max(0, sqrt(1 + ‖C − I‖_op) − 1 − sqrt(k/M)),
                         ℓ_cov = min(−Mδ²/2, −log 2) — log tail bounds of i.i.d. N(0, I) blocks;
                         R = −[ℓ(identity order) + mean over ``num_permutations`` random orders] −
-                        4·log 2 ≥ 0 (the official code omits the constant). R and its gradient
+                        4·log 2 ≥ 0 (−ℓ(identity order) − 2·log 2 when ``num_permutations = 0``;
+                        the official code omits the constant). R and its gradient
                         vanish unless some blocking shows an improbable deviation; for N(0, I)
                         noise R is small (a few orders trip a bound by chance: median 0.10 for
                         64 × 400-dim draws, 10 orders) and it grows fast once the noise drifts. ``info["regularizer"]`` is R per
@@ -75,15 +76,19 @@ def concentration_log_bounds(flat: Tensor, block_size: int = 4) -> Tensor:
 
 def probability_regularizer(flat: Tensor, block_size: int = 4, num_permutations: int = 100,
                             generator=None) -> Tensor:
-    """R(z) per row of ``flat (B, d)``, shifted so that 0 means "looks Gaussian" (≥ 0)."""
+    """R(z) per row of ``flat (B, d)``, shifted so that 0 means "looks Gaussian" (≥ 0): each
+    blocking's ℓ_mean + ℓ_cov is at most −2·log 2, so the shift is 2·log 2 per blocking term (the
+    identity order, plus the mean over permutations when ``num_permutations > 0``)."""
     total = concentration_log_bounds(flat, block_size)
+    terms = 1
     if num_permutations > 0:
         perms = torch.stack([torch.randperm(flat.shape[1], generator=generator) for _ in range(num_permutations)])
         perms = perms.to(flat.device)
         B, d = flat.shape
         permuted = flat[:, perms].permute(1, 0, 2).reshape(num_permutations * B, d)
         total = total + concentration_log_bounds(permuted, block_size).view(num_permutations, B).mean(0)
-    return -total - 4 * _LOG2
+        terms = 2
+    return -total - 2 * terms * _LOG2
 
 
 def _cpu_gen(generator):
@@ -138,7 +143,21 @@ def dno(process, reward_fn, *, num_samples, num_steps, num_iterations=10, lr=0.0
         xi = torch.randn((n, *flat.shape), generator=generator, device=flat.device, dtype=flat.dtype)
         pert = (flat[None] + mu * xi).reshape(n * B, -1)
         xs = ns.decode(ns.unflatten(pert))
-        return xi, xs.view(n, B, *xs.shape[1:]), -run.reward(xs).view(n, B).to(flat.dtype)
+        r, ok = run.reward.evaluate(xs)
+        return xi, xs.view(n, B, *xs.shape[1:]), -r.view(n, B).to(flat.dtype), ok.view(n, B)
+
+    best = {}   # per sample, the latest iterate whose reward was valid (returned if the final one is not)
+
+    def keep_valid(x0_now, r_now, ok_now):
+        x0_now, r_now = x0_now.detach(), r_now.detach()
+        if not best:
+            best.update(x0=x0_now, r=r_now, ok=ok_now, z=ns.flatten(z).detach().clone())
+            return
+        upd = ok_now.to(best["ok"].device)
+        best["x0"] = torch.where(upd.view(-1, *([1] * (x0_now.dim() - 1))), x0_now, best["x0"])
+        best["r"] = torch.where(upd, r_now.to(best["r"].dtype), best["r"])
+        best["z"] = torch.where(upd[:, None], ns.flatten(z).detach(), best["z"])
+        best["ok"] = best["ok"] | upd
 
     for it in range(num_iterations):
         # 2. a gradient (or an estimate of it) of L(z) for every sample's noise
@@ -146,9 +165,12 @@ def dno(process, reward_fn, *, num_samples, num_steps, num_iterations=10, lr=0.0
             if estimator == "zo-sgd":
                 with torch.no_grad():
                     x0 = ns.decode([s.detach() if s is not None else None for s in z])
-                    loss0 = -run.reward(x0).to(ns.dtype)
-                    xi, _, losses = perturbed_losses(z, q)
-                    g_flat = ((losses - loss0[None]) / mu)[..., None].mul(xi).mean(0)
+                    r0, ok_now = run.reward.evaluate(x0)
+                    loss0 = -r0.to(ns.dtype)
+                    xi, _, losses, ok = perturbed_losses(z, q)
+                    # a difference involving an invalid reward carries no information: weight 0
+                    diff = torch.where(ok & ok_now[None], (losses - loss0[None]) / mu, torch.zeros_like(losses))
+                    g_flat = diff[..., None].mul(xi).mean(0)
                 grads = [g for g in ns.unflatten(g_flat) if g is not None]
                 r_now = -loss0
                 reg = regularizer(z)
@@ -158,27 +180,30 @@ def dno(process, reward_fn, *, num_samples, num_steps, num_iterations=10, lr=0.0
             else:
                 x0 = forward_with_grad(z)
                 reg = regularizer(z)
-                if estimator == "gradient":
-                    r = run.reward(x0)
+                if estimator == "gradient":   # a failed sample's reward is a constant: zero gradient
+                    r, ok_now = run.reward.evaluate(x0)
                     objective = -r.to(ns.dtype)
                     r_now = r.detach()
                 else:  # hybrid: sample differences as search directions
                     with torch.no_grad():
-                        r_now = run.reward(x0.detach())
-                        _, xs, losses = perturbed_losses(z, q)
+                        r_now, ok_now = run.reward.evaluate(x0.detach())
+                        _, xs, losses, ok = perturbed_losses(z, q)
                         dx = (xs - x0.detach()[None]).flatten(2)                             # (q, B, D)
-                        g_x = ((losses - (-r_now.to(losses.dtype))[None])[..., None] * dx).sum(0)
+                        diff = losses - (-r_now.to(losses.dtype))[None]
+                        diff = torch.where(ok & ok_now[None], diff, torch.zeros_like(diff))   # invalid: no direction
+                        g_x = (diff[..., None] * dx).sum(0)
                         g_x = g_x / (g_x.norm(dim=1, keepdim=True) + 1e-3)
                     objective = (g_x.to(x0.dtype) * x0.flatten(1)).sum(1)
                 loss = objective + gamma * reg if gamma > 0 else objective
                 grads = list(torch.autograd.grad(loss.sum(), params, allow_unused=True))
                 grads = [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
                 proc.grad_passes += B * num_steps   # one backward through each step's denoiser call
+        keep_valid(x0, r_now, ok_now)
         # 3. per-sample clipping, then AdamW
         norms = torch.sqrt(sum(g.flatten(1).pow(2).sum(1) for g in grads))
         factor = torch.clamp(max_grad_norm / (norms + 1e-12), max=1.0) if max_grad_norm else torch.ones_like(norms)
         for p, g in zip(params, grads):
-            p.grad = torch.nan_to_num(g * factor.view(-1, *([1] * (g.dim() - 1))))
+            p.grad = torch.nan_to_num(g * factor.view(-1, *([1] * (g.dim() - 1))), nan=0.0, posinf=0.0, neginf=0.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
         run.record(reward_mean=r_now.float().mean(), regularizer=reg.detach().float().mean(),
@@ -189,7 +214,13 @@ def dno(process, reward_fn, *, num_samples, num_steps, num_iterations=10, lr=0.0
     with torch.no_grad():
         final_z = [s.detach() if s is not None else None for s in z]
         x0 = ns.decode(final_z)
-        rewards = run.reward(x0)
-        final_reg = probability_regularizer(ns.flatten(final_z), block_size, num_permutations, perm_gen)
+        rewards, ok = run.reward.evaluate(x0)
+        noise = ns.flatten(final_z)
+        # 5. invalid never wins: a sample whose final reward failed falls back to its latest valid iterate
+        back = ~ok & best["ok"]
+        x0 = torch.where(back.view(-1, *([1] * (x0.dim() - 1))), best["x0"].to(x0.dtype), x0)
+        rewards = torch.where(back, best["r"].to(rewards.dtype), rewards)
+        noise = torch.where(back[:, None], best["z"], noise)
+        final_reg = probability_regularizer(noise, block_size, num_permutations, perm_gen)
     return run.result(x0, rewards, None, estimator=estimator, num_iterations=num_iterations, gamma=float(gamma),
-                      final_regularizer=final_reg.float(), noise=ns.flatten(final_z))
+                      final_regularizer=final_reg.float(), noise=noise, fell_back_to_valid_iterate=int(back.sum()))

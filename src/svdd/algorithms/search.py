@@ -20,6 +20,9 @@ Notation (code → paper):
                         and ``num_neighbors − 1`` of its neighbours, so every round costs the same.
                         The best sample seen is returned.
 
+Both rank an invalid sample (its reward raised or was NaN / ±inf) below every valid one: it is
+returned only when no valid one was found, with the reward's ``invalid_value``.
+
 Cost: ``nfe = num_candidates · K`` per sample for both (every evaluation is a full K-step
 rollout); reward calls ``num_candidates`` per sample. Budget knob: ``num_candidates``.
 """
@@ -32,7 +35,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from ._common import Run, check_common, check_positive_int
+from ._common import Run, check_common, check_positive_int, selection_scores
 from .registry import AlgorithmError, register
 
 
@@ -124,8 +127,9 @@ def random_search(process, reward_fn, *, num_samples, num_steps, num_candidates=
     N = num_candidates
     z = ns.draw(num_samples * N, generator)            # row i*N + j: candidate j of sample i
     x0 = ns.decode(z, report=True)
-    r = run.reward(x0).view(num_samples, N)
-    best = r.argmax(1)
+    r, ok = run.reward.evaluate(x0)
+    r = r.view(num_samples, N)
+    best = selection_scores(r, ok.view(num_samples, N)).argmax(1)   # invalid never wins
     keep = torch.arange(num_samples, device=best.device) * N + best
     return run.result(x0[keep], r.flatten()[keep], None, num_candidates=N,
                       candidate_reward_mean=float(r.float().mean()))
@@ -147,8 +151,8 @@ def zero_order_search(process, reward_fn, *, num_samples, num_steps, num_candida
         raise AlgorithmError("zero-order-search needs at least 2 noise dimensions (a neighbour at a fixed "
                              "cosine of a 1-D noise is the noise itself); use random-search")
     B = num_samples
-    pivot = pivot_r = None
-    best_x = best_r = None
+    pivot = pivot_r = None   # pivot_r, best_s: selection scores (−inf for invalid samples)
+    best_x = best_r = best_s = None
     restart = torch.ones(B, dtype=torch.bool)
     done, rnd = 0, 0
     while done < num_candidates:
@@ -161,21 +165,23 @@ def zero_order_search(process, reward_fn, *, num_samples, num_steps, num_candida
         cand = cand.reshape(B * R, -1)
         # 2. evaluate every candidate with a full rollout
         x0 = ns.decode(ns.unflatten(cand))
-        r = run.reward(x0).view(B, R)
-        top_r, top = r.max(1)
+        r, ok = run.reward.evaluate(x0)
+        r = r.view(B, R)
+        top_s, top = selection_scores(r, ok.view(B, R)).max(1)
+        top_r = r.gather(1, top[:, None])[:, 0]
         rows = torch.arange(B) * R + top.cpu()
         # 3. move / restart; keep the best sample seen
-        improved = restart | (top_r.cpu() > pivot_r) if pivot_r is not None else torch.ones(B, dtype=torch.bool)
+        improved = restart | (top_s.cpu() > pivot_r) if pivot_r is not None else torch.ones(B, dtype=torch.bool)
         new_pivot = cand.view(B, R, -1)[torch.arange(B), top.cpu()]
         pivot = new_pivot if pivot is None else torch.where(improved[:, None].to(cand.device), new_pivot, pivot)
-        pivot_r = top_r.cpu() if pivot_r is None else torch.where(improved, top_r.cpu(), pivot_r)
+        pivot_r = top_s.cpu() if pivot_r is None else torch.where(improved, top_s.cpu(), pivot_r)
         restart = ~improved
         if best_r is None:
-            best_x, best_r = x0[rows.to(x0.device)], top_r.clone()
+            best_x, best_r, best_s = x0[rows.to(x0.device)], top_r.clone(), top_s.clone()
         else:
-            better = top_r > best_r
+            better = top_s > best_s
             best_x = torch.where(better.view(-1, *([1] * (x0.dim() - 1))), x0[rows.to(x0.device)], best_x)
-            best_r = torch.where(better, top_r, best_r)
+            best_r, best_s = torch.where(better, top_r, best_r), torch.where(better, top_s, best_s)
         done += R
         rnd += 1
         run.record(best_reward_mean=best_r.float().mean(), restarts=int(restart.sum()))

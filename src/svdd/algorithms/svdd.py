@@ -29,21 +29,31 @@ of samples drawn ∝ exp(v̂/alpha_resample) from the rest.
 
 from __future__ import annotations
 
+import warnings
 from typing import Optional
 
 import torch
 from torch import Tensor
 
 from ..values.posterior_mean import PosteriorMeanValue
-from ._common import Run, check_alpha, check_common, check_positive_int, host_grid, select_children
+from ._common import Run, check_alpha, check_common, check_positive_int, host_grid, select_children, selection_scores
 from .registry import AlgorithmError, register
 
 
 def _unique_rows(x: Tensor, enabled: bool):
+    """(distinct rows, inverse, counts): ``counts[j]`` children share distinct row j."""
     if not enabled:
-        return x, None
-    uniq, inverse = torch.unique(x.flatten(1), dim=0, return_inverse=True)
-    return uniq.view(-1, *x.shape[1:]), inverse
+        return x, None, None
+    uniq, inverse, counts = torch.unique(x.flatten(1), dim=0, return_inverse=True, return_counts=True)
+    return uniq.view(-1, *x.shape[1:]), inverse, counts
+
+
+def _evaluate_pm(value_fn, x: Tensor, x0_hat: Tensor, t, counts):
+    evaluate = getattr(value_fn, "evaluate_from_x0_hat", None)
+    if callable(evaluate):
+        return evaluate(x, x0_hat, t, counts=counts)
+    v = value_fn.from_x0_hat(x, x0_hat, t)
+    return v, torch.isfinite(v)
 
 
 def svdd_loop(process, reward_fn, *, num_samples, num_steps, num_candidates=8, alpha=0.0, value_fn=None,
@@ -83,6 +93,10 @@ def _deterministic_steps(proc, ts: Tensor) -> Optional[list[bool]]:
 def _loop(run, proc, value_fn, pm, dedup, N, M, num_steps, alpha, n_replace, alpha_r, generator):
     ts = proc.timesteps(num_steps)
     grid, frozen = host_grid(ts), _deterministic_steps(proc, ts)   # before the loop: no per-step sync
+    if M > 1 and frozen is not None and all(frozen):
+        warnings.warn(f"every step of this {num_steps}-step grid is deterministic (eta = 0, or a single step to "
+                      f"clean), so all {M} children of a parent are equal and SVDD reduces to plain sampling; "
+                      "use eta > 0 (e.g. eta=1, the DDPM posterior)", UserWarning, stacklevel=4)
     x = proc.prior(N, generator)
     x0_hat = proc.predict_x0(x, ts[0])
     for k in range(num_steps):
@@ -95,22 +109,26 @@ def _loop(run, proc, value_fn, pm, dedup, N, M, num_steps, alpha, n_replace, alp
         m_eff = 1 if deterministic else M
         children = torch.stack([trans.sample(generator) for _ in range(m_eff)], dim=1).flatten(0, 1)
         # 2. soft value of each distinct child at t_next (PM: r(x0_hat); final: the reward)
-        uniq, inverse = _unique_rows(children, dedup)
+        uniq, inverse, counts = _unique_rows(children, dedup)
         x0_uniq = None
         if final:
-            v_uniq = run.reward(uniq)
+            v_uniq, ok_uniq = run.reward.evaluate(uniq, counts=counts)
             x0_uniq = uniq
         elif pm:
             x0_uniq = proc.predict_x0(uniq, t_next)
-            v_uniq = value_fn.from_x0_hat(uniq, x0_uniq, t_next)
+            v_uniq, ok_uniq = _evaluate_pm(value_fn, uniq, x0_uniq, t_next, counts)
         else:
-            v_uniq = run.value(uniq, t_next)
+            v_uniq, ok_uniq = run.evaluate_value(uniq, t_next, counts=counts)
         values = (v_uniq[inverse] if inverse is not None else v_uniq).view(N, m_eff).float()
-        # 3. keep one child per sample: argmax (alpha = 0) or a softmax(v/alpha) draw
-        idx = select_children(values, alpha, generator) if m_eff > 1 else torch.zeros(N, dtype=torch.long, device=values.device)
+        valid = (ok_uniq[inverse] if inverse is not None else ok_uniq).view(N, m_eff)
+        # 3. keep one child per sample: argmax (alpha = 0) or a softmax(v/alpha) draw; an
+        #    invalid child is kept only when all M are invalid
+        idx = (select_children(values, alpha, generator, valid) if m_eff > 1
+               else torch.zeros(N, dtype=torch.long, device=values.device))
         flat = torch.arange(N, device=idx.device) * m_eff + idx
         x = children[flat]
-        chosen = values[torch.arange(N, device=idx.device), idx]
+        rows = torch.arange(N, device=idx.device)
+        chosen, chosen_ok = values[rows, idx], valid[rows, idx]
         if final:
             x0_hat = x
         elif x0_uniq is not None:   # reuse: the value's x0_hat is the next step's denoiser output
@@ -118,16 +136,19 @@ def _loop(run, proc, value_fn, pm, dedup, N, M, num_steps, alpha, n_replace, alp
         else:
             x0_hat = proc.predict_x0(x, t_next)
         # 4. SVDD-R: replace the worst fraction by copies of promising samples (not at the end)
+        #    (invalid samples rank lowest: they are replaced first and never copied while a valid one exists)
         if n_replace > 0 and not final:
-            order = torch.argsort(chosen)
+            scores = selection_scores(chosen, chosen_ok)
+            order = torch.argsort(scores)
             worst, rest = order[:n_replace], order[n_replace:]
             if alpha_r == 0:
                 src = rest.flip(0)[torch.arange(n_replace, device=rest.device) % rest.numel()]
             else:
-                pick = select_children(chosen[rest].view(1, -1).expand(n_replace, -1), alpha_r, generator)
+                pick = select_children(chosen[rest].view(1, -1).expand(n_replace, -1), alpha_r, generator,
+                                       chosen_ok[rest].view(1, -1).expand(n_replace, -1))
                 src = rest[pick]
-            x, x0_hat, chosen = x.clone(), x0_hat.clone(), chosen.clone()
-            x[worst], x0_hat[worst], chosen[worst] = x[src], x0_hat[src], chosen[src]
+            x, x0_hat, chosen, chosen_ok = x.clone(), x0_hat.clone(), chosen.clone(), chosen_ok.clone()
+            x[worst], x0_hat[worst], chosen[worst], chosen_ok[worst] = x[src], x0_hat[src], chosen[src], chosen_ok[src]
         run.record(value_mean=chosen.float().mean(), unique_children=(uniq.shape[0] / children.shape[0]))
         run.step_done(k, t, t_next, x, x0_hat, values=values, selected=idx)
     return x, chosen
