@@ -10,14 +10,21 @@ Backends:
 - ``local``: one handler in this process; tasks run inline, in order. Exceptions are retried;
   timeouts cannot be enforced (nothing can pre-empt the caller's own thread).
 - ``process``: fresh Python worker processes (``python -m svdd.distributed.worker``) on sockets;
-  a worker that exceeds ``timeout_s`` is killed and replaced, one that dies is replaced.
+  a worker that exceeds ``timeout_s`` is killed and replaced, one that dies is replaced — while
+  it is starting, idle or busy (a slot whose worker dies ``max_start_failures`` times in a row
+  before it is ready is retired).
 - ``ray``: one Ray actor per worker (``pip install 'svdd[distributed]'``), on a local cluster or
   the one at ``ray_address``; a timed-out actor is killed and replaced, a dead one replaced.
 
 ``run_tasks`` feeds tasks to idle workers as they free up (dynamic load balancing), gives each
 task at most ``1 + max_retries`` attempts (an attempt fails when the handler raises, the worker
 dies, or ``timeout_s`` passes), optionally splits a failed multi-item task into smaller ones
-before retrying it (so one poisonous item fails alone), and counts what happened.
+before retrying it (so one poisonous item fails alone), and counts what happened. The backend
+replaces dead workers itself and reports the deaths and restarts (``take_counts``), whenever they
+happened (even while the pool was being built), so ``worker_deaths`` counts every worker that died.
+
+Only our own child processes are ever unpickled from (the IPC pipe to a worker we started);
+nothing read back from disk is.
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ from ..algorithms.registry import AlgorithmError
 
 BACKENDS = ("local", "process", "ray")
 INSTALL_HINT = "pip install 'svdd[distributed]'"
+RESUME_HINT = "the finished shards are kept: rerun with --resume (resume=True) to continue"
 
 
 class DistributedError(AlgorithmError):
@@ -57,7 +65,7 @@ class PoolCounters:
     retries: int = 0          # attempts repeated after a failure
     failures: int = 0         # tasks given up after 1 + max_retries attempts
     timeouts: int = 0         # attempts that ran past timeout_s (worker killed)
-    worker_deaths: int = 0    # attempts whose worker process/actor died
+    worker_deaths: int = 0    # workers that died (starting, idle or busy)
     task_errors: int = 0      # attempts whose handler raised
     worker_restarts: int = 0  # workers replaced (after a death or a timeout)
     busy_s: float = 0.0       # summed wall time of finished attempts
@@ -158,6 +166,9 @@ class LocalBackend:
     def restart(self, worker: int) -> None:  # nothing can die here
         pass
 
+    def take_counts(self) -> dict:
+        return {"worker_deaths": 0, "worker_restarts": 0}
+
     def close(self) -> None:
         # the factories may have returned the caller's own objects (a RewardPool, a loaded
         # process): leave them open; what was built here is freed with the handler
@@ -169,7 +180,8 @@ class LocalBackend:
 def serve(conn) -> None:
     """Worker side (``python -m svdd.distributed.worker FD``): read the parent's ``sys.path``,
     thread count and environment, build the handler once, then answer ``payload -> value``
-    until told to stop or the parent goes away."""
+    until told to stop or the parent goes away. (The pickles come from the parent that started
+    this process, over a socket pair only the two of them hold.)"""
     import sys
 
     sys_path, threads, env = pickle.loads(conn.recv_bytes())
@@ -217,10 +229,20 @@ def _kill_all(procs: list) -> None:
 
 
 class _WorkerStates:
-    """Worker bookkeeping shared by the multi-worker backends (``state[w]`` per worker)."""
+    """Worker bookkeeping shared by the multi-worker backends (``state[w]`` per worker:
+    ``down | starting | ready | busy | retired``) and the death / restart tallies that
+    ``run_tasks`` collects with ``take_counts``."""
 
     num_workers: int
     state: list
+    max_start_failures: int = 3
+
+    def _init_states(self) -> None:
+        self.state = ["down"] * self.num_workers
+        self.start_failures = [0] * self.num_workers   # deaths in a row before the slot got ready
+        self._deaths = 0
+        self._restarts = 0
+        self.last_failure = ""
 
     def starting(self) -> list[int]:
         return [w for w in range(self.num_workers) if self.state[w] == "starting"]
@@ -228,17 +250,49 @@ class _WorkerStates:
     def ready_workers(self) -> list[int]:
         return [w for w in range(self.num_workers) if self.state[w] == "ready"]
 
+    def retired(self) -> list[int]:
+        return [w for w in range(self.num_workers) if self.state[w] == "retired"]
+
+    def take_counts(self) -> dict:
+        """Worker deaths and restarts since the last call (``run_tasks`` adds them to its counters)."""
+        out = {"worker_deaths": self._deaths, "worker_restarts": self._restarts}
+        self._deaths = self._restarts = 0
+        return out
+
+    def _replace_dead(self, w: int, why: str) -> None:
+        """Count the death of worker ``w`` and start a new one in its slot — unless the slot's
+        workers died ``max_start_failures`` times in a row before ever getting ready, then the
+        slot is retired (a factory that crashes its interpreter would otherwise loop forever)."""
+        self._deaths += 1
+        self.last_failure = why
+        if self.state[w] == "starting":
+            self.start_failures[w] += 1
+        self._stop(w)
+        if self.start_failures[w] >= self.max_start_failures:
+            self.state[w] = "retired"
+            self.last_failure = f"{why}; {self.start_failures[w]} workers in a row died while starting"
+            return
+        self._start(w)
+        self._restarts += 1
+
+    def restart(self, worker: int) -> None:
+        """Kill worker ``worker`` (it timed out) and start a new one in its slot."""
+        self._stop(worker)
+        self._start(worker)
+        self._restarts += 1
+
 
 class ProcessBackend(_WorkerStates):
     """``num_workers`` fresh Python processes (``python -m svdd.distributed.worker``), each with
     its own handler, talking over a socket pair. Fresh interpreters need no ``__main__`` guard in
-    the user's script and inherit no threads; a worker past its timeout is killed and replaced."""
+    the user's script and inherit no threads; a worker past its timeout is killed and replaced,
+    and a worker that dies — while it starts, while idle or while busy — is replaced and counted."""
 
     name = "process"
 
     def __init__(self, init_fn: Callable, init_args: tuple = (), *, num_workers: int = 2,
                  threads_per_worker: Optional[int] = None, worker_env: Optional[list[dict]] = None,
-                 startup_timeout_s: float = 300.0):
+                 startup_timeout_s: float = 300.0, max_start_failures: int = 3):
         import sys
 
         self.blob = _dumps((init_fn, init_args))
@@ -246,10 +300,14 @@ class ProcessBackend(_WorkerStates):
         self.num_workers = int(num_workers)
         self.threads = threads_per_worker or max(1, (os.cpu_count() or 1) // self.num_workers)
         self.worker_env = worker_env or [{}]
-        self.startup_timeout_s = startup_timeout_s
+        self.startup_timeout_s = float(startup_timeout_s)
+        self.max_start_failures = int(max_start_failures)
         self.procs: list = [None] * self.num_workers
         self.conns: list = [None] * self.num_workers
-        self.state: list[str] = ["down"] * self.num_workers   # down | starting | ready | busy
+        self.started_at: list[float] = [0.0] * self.num_workers
+        self._init_states()
+        self.ever_ready = False
+        self._events: list[tuple] = []     # deaths of busy workers found outside wait()
         self._meta: dict = {}
         self._finalizer = weakref.finalize(self, _kill_all, self.procs)
         for w in range(self.num_workers):
@@ -270,9 +328,22 @@ class ProcessBackend(_WorkerStates):
                                 stdin=subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": os.pathsep.join(self.sys_path)})
         child.close()
         conn = Connection(parent.detach())
-        conn.send_bytes(pickle.dumps((self.sys_path, self.threads, env)))
-        conn.send_bytes(self.blob)
         self.procs[w], self.conns[w], self.state[w] = proc, conn, "starting"
+        self.started_at[w] = time.monotonic()
+        try:
+            conn.send_bytes(pickle.dumps((self.sys_path, self.threads, env)))
+            conn.send_bytes(self.blob)
+        except OSError:
+            pass   # it died at once: wait() sees the closed socket
+
+    def _stop(self, w: int) -> None:
+        _kill_all([self.procs[w]])
+        try:
+            if self.conns[w] is not None:
+                self.conns[w].close()
+        except Exception:
+            pass
+        self.state[w] = "down"
 
     def _wait_first_ready(self) -> dict:
         deadline = time.monotonic() + self.startup_timeout_s
@@ -282,12 +353,45 @@ class ProcessBackend(_WorkerStates):
                 self.close()
                 raise DistributedError(f"no worker started within {self.startup_timeout_s:.0f} s; "
                                        "check that the factories import and run in a fresh Python process")
-            for event in self.wait(min(left, 1.0)):
-                if event[0] == "died":
-                    self.close()
-                    raise DistributedError(f"a worker died while starting ({event[2]}); "
-                                           "check that the factories are importable from a fresh process")
+            if len(self.retired()) == self.num_workers:
+                self.close()
+                raise DistributedError(f"every worker died while starting ({self.last_failure}); check that the "
+                                       "factories import and run in a fresh Python process")
+            self.wait(min(left, 1.0))   # deaths while starting are replaced inside wait()
         return self._meta
+
+    def _exit_code(self, w: int) -> Optional[int]:
+        try:
+            return self.procs[w].wait(5)
+        except Exception:
+            return None
+
+    def _died(self, w: int, why: str) -> Optional[tuple]:
+        """Handle the death of worker ``w``: an event for ``run_tasks`` if it was busy."""
+        was_busy = self.state[w] == "busy"
+        self._replace_dead(w, why)
+        return ("died", w, why) if was_busy else None
+
+    def _reap(self) -> None:
+        """Find workers that exited (even idle ones, which send nothing) and workers past the
+        start-up limit, and replace them."""
+        now = time.monotonic()
+        for w in range(self.num_workers):
+            if self.state[w] not in ("starting", "ready", "busy"):
+                continue
+            code = self.procs[w].poll()
+            if code is not None:
+                event = self._died(w, f"worker process exited with code {code} while {self.state[w]}")
+            elif self.state[w] == "starting" and now - self.started_at[w] > self.startup_timeout_s:
+                event = self._died(w, f"worker did not start within {self.startup_timeout_s:.0f} s")
+            else:
+                continue
+            if event is not None:
+                self._events.append(event)
+
+    def ready_workers(self) -> list[int]:
+        self._reap()
+        return super().ready_workers()
 
     def submit(self, worker: int, payload) -> None:
         self.state[worker] = "busy"
@@ -299,41 +403,53 @@ class ProcessBackend(_WorkerStates):
     def wait(self, timeout: Optional[float]) -> list[tuple]:
         from multiprocessing.connection import wait as mp_wait
 
-        watched = {self.conns[w]: w for w in range(self.num_workers) if self.state[w] in ("starting", "busy")}
+        self._reap()
+        events, self._events = self._events, []
+        # ready workers are watched too: an idle worker sends nothing, so a readable socket means it died
+        watched = {self.conns[w]: w for w in range(self.num_workers) if self.state[w] in ("starting", "ready", "busy")}
         if not watched:
-            return []
-        events = []
+            return events
+        if events:
+            timeout = 0   # report what is known now; do not block
+        if timeout is not None and self.starting():   # wake up for a start-up that runs past its limit
+            timeout = min(timeout, max(0.0, min(self.started_at[w] for w in self.starting()) + self.startup_timeout_s
+                                       - time.monotonic()) + 0.05)
         for conn in mp_wait(list(watched), timeout):
             w = watched[conn]
+            state = self.state[w]
             try:
                 message = pickle.loads(conn.recv_bytes())
             except (EOFError, OSError):   # the socket closed: the worker is gone
-                try:
-                    code = self.procs[w].wait(5)
-                except Exception:
-                    code = None
-                self.state[w] = "down"
-                events.append(("died", w, f"worker process exited with code {code}"))
+                event = self._died(w, f"worker process exited with code {self._exit_code(w)} while {state}")
+                if event is not None:
+                    events.append(event)
                 continue
             kind = message[0]
             if kind == "init_error":
-                self.close()
-                raise DistributedError(f"a worker could not build its handler: {message[1].splitlines()[0]}")
+                reason = f"a worker could not build its handler: {message[1].splitlines()[0]}"
+                if not self.ever_ready:   # the first start: a real error in the factories, say it now
+                    self.close()
+                    raise DistributedError(reason)
+                self.start_failures[w] += 1   # a replacement failed: retry the slot, within bounds
+                self._stop(w)
+                self.last_failure = reason
+                if self.start_failures[w] >= self.max_start_failures:
+                    self.state[w] = "retired"
+                else:
+                    self._start(w)
+                    self._restarts += 1
+                continue
+            if state not in ("starting", "busy"):
+                continue   # nothing else is expected from an idle worker
             self.state[w] = "ready"
             if kind == "ready":
+                self.ever_ready = True
+                self.start_failures[w] = 0
                 self._meta = message[1]
                 events.append(("ready", w, None))
             else:
                 events.append((kind, w, message[1]))
         return events
-
-    def restart(self, worker: int) -> None:
-        _kill_all([self.procs[worker]])
-        try:
-            self.conns[worker].close()
-        except Exception:
-            pass
-        self._start(worker)
 
     def close(self) -> None:
         for w, conn in enumerate(self.conns):
@@ -407,7 +523,7 @@ class RayBackend(_WorkerStates):
         self.init = (init_fn, init_args)
         self.actors: list = [None] * self.num_workers
         self.refs: dict[int, Any] = {}
-        self.state = ["down"] * self.num_workers
+        self._init_states()
         for w in range(self.num_workers):
             self._start(w)
         refs = [self.refs[w] for w in range(self.num_workers)]
@@ -452,30 +568,37 @@ class RayBackend(_WorkerStates):
             w = by_ref[ref]
             del self.refs[w]
             was_starting = self.state[w] == "starting"
-            self.state[w] = "ready"
             try:
                 value = self.ray.get(ref)
-                events.append(("ready", w, None) if was_starting else ("ok", w, value))
-            except died_types as err:
-                if was_starting:
-                    raise DistributedError("a restarted Ray worker died while building its handler: "
-                                           f"{_one_line(err)[:200]}") from None
-                self.state[w] = "down"
-                events.append(("died", w, _one_line(err)[:200]))
+            except died_types as err:   # replaced here (bounded while starting), counted
+                why = _one_line(err)[:200]
+                was_busy = self.state[w] == "busy"
+                self._replace_dead(w, why)
+                if was_busy:
+                    events.append(("died", w, why))
+                continue
             except Exception as err:  # RayTaskError: the handler raised
                 if was_starting:
                     raise DistributedError("a restarted Ray worker could not build its handler: "
-                                           f"{_one_line(_ray_cause(err))}") from None
+                                           f"{_one_line(_ray_cause(err))}; {RESUME_HINT}") from None
+                self.state[w] = "ready"
                 events.append(("error", w, _one_line(_ray_cause(err))))
+                continue
+            self.state[w] = "ready"
+            if was_starting:
+                self.start_failures[w] = 0
+                events.append(("ready", w, None))
+            else:
+                events.append(("ok", w, value))
         return events
 
-    def restart(self, worker: int) -> None:
+    def _stop(self, worker: int) -> None:
         self.refs.pop(worker, None)
         try:
             self.ray.kill(self.actors[worker], no_restart=True)
         except Exception:
             pass
-        self._start(worker)
+        self.state[worker] = "down"
 
     def close(self) -> None:
         for actor in self.actors:
@@ -513,13 +636,21 @@ def make_backend(backend: str, init_fn: Callable, init_args: tuple = (), *, num_
 
 
 # ------------------------------------------------------------------------------------------------
+def _take_counts(backend, counters: PoolCounters) -> None:
+    take = getattr(backend, "take_counts", None)
+    if take is not None:
+        for key, value in take().items():
+            setattr(counters, key, getattr(counters, key) + value)
+
+
 def run_tasks(backend, tasks: list[Task], *, counters: PoolCounters, on_result: Callable[[Task, Any], None],
               on_failure: Callable[[Task], None], timeout_s: Optional[float] = None, max_retries: int = 2,
               split: Optional[Callable[[Task], list[Task]]] = None) -> None:
     """Run every task on ``backend``: hand tasks to idle workers, retry failed attempts (at most
     ``max_retries`` times per task, after ``split`` if given), kill and replace workers that time
-    out or die. ``on_result(task, value)`` is called as each task finishes, ``on_failure(task)``
-    for a task that failed every attempt; the other tasks always run to the end."""
+    out (the backend itself replaces workers that die, at any moment, and counts them).
+    ``on_result(task, value)`` is called as each task finishes, ``on_failure(task)`` for a task
+    that failed every attempt; the other tasks always run to the end."""
     check_retry_args(max_retries, timeout_s)
     pending = deque(tasks)
     busy: dict[int, tuple[Task, float]] = {}
@@ -536,46 +667,47 @@ def run_tasks(backend, tasks: list[Task], *, counters: PoolCounters, on_result: 
         for part in reversed(parts):
             pending.appendleft(part)
 
-    while pending or busy:
-        for w in backend.ready_workers():
-            if not pending:
-                break
-            if w in busy:
+    try:
+        while pending or busy:
+            for w in backend.ready_workers():
+                if not pending:
+                    break
+                if w in busy:
+                    continue
+                task = pending.popleft()
+                counters.tasks += 1
+                busy[w] = (task, time.monotonic())
+                backend.submit(w, task.payload)
+            if not busy and not backend.starting():
+                if pending and not backend.ready_workers():
+                    why = getattr(backend, "last_failure", "") or "every worker is gone"
+                    raise DistributedError(f"no worker is available to run the {len(pending)} remaining tasks "
+                                           f"({why}); {RESUME_HINT}")
                 continue
-            task = pending.popleft()
-            counters.tasks += 1
-            busy[w] = (task, time.monotonic())
-            backend.submit(w, task.payload)
-        if not busy and not backend.starting():
-            if pending and not backend.ready_workers():
-                raise DistributedError("no worker is available to run the remaining tasks")
-            continue
-        wait_for = None
-        if timeout_s is not None and busy:
-            now = time.monotonic()
-            wait_for = max(0.0, min(start + timeout_s for _, start in busy.values()) - now)
-        for kind, w, value in backend.wait(wait_for if wait_for is not None else 1.0):
-            if kind == "ready" or w not in busy:
-                continue
-            task, start = busy.pop(w)
-            if kind == "ok":
-                counters.completed += 1
-                counters.busy_s += time.monotonic() - start
-                on_result(task, value)
-            elif kind == "error":
-                counters.task_errors += 1
-                failed(task, value)
-            else:  # died
-                counters.worker_deaths += 1
-                counters.worker_restarts += 1
-                backend.restart(w)
-                failed(task, value)
-        if timeout_s is not None:
-            now = time.monotonic()
-            for w, (task, start) in list(busy.items()):
-                if now - start > timeout_s:
-                    busy.pop(w)
-                    counters.timeouts += 1
-                    counters.worker_restarts += 1
-                    backend.restart(w)
-                    failed(task, f"timed out after {timeout_s:g} s")
+            wait_for = None
+            if timeout_s is not None and busy:
+                now = time.monotonic()
+                wait_for = max(0.0, min(start + timeout_s for _, start in busy.values()) - now)
+            for kind, w, value in backend.wait(wait_for if wait_for is not None else 1.0):
+                if kind == "ready" or w not in busy:
+                    continue
+                task, start = busy.pop(w)
+                if kind == "ok":
+                    counters.completed += 1
+                    counters.busy_s += time.monotonic() - start
+                    on_result(task, value)
+                elif kind == "error":
+                    counters.task_errors += 1
+                    failed(task, value)
+                else:  # died: the backend has already started its replacement
+                    failed(task, value)
+            if timeout_s is not None:
+                now = time.monotonic()
+                for w, (task, start) in list(busy.items()):
+                    if now - start > timeout_s:
+                        busy.pop(w)
+                        counters.timeouts += 1
+                        backend.restart(w)
+                        failed(task, f"timed out after {timeout_s:g} s")
+    finally:
+        _take_counts(backend, counters)

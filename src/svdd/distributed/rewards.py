@@ -27,7 +27,8 @@ from typing import Callable, Hashable, MutableMapping, Optional
 import torch
 from torch import Tensor
 
-from .pool import DistributedError, PoolCounters, Task, check_backend, check_retry_args, make_backend, run_tasks
+from .pool import (DistributedError, PoolCounters, Task, _take_counts, check_backend, check_retry_args, make_backend,
+                   run_tasks)
 
 
 def row_key(row: Tensor) -> Hashable:
@@ -159,7 +160,10 @@ class RewardPool:
         return out.to(x0.device) if isinstance(x0, Tensor) else out
 
     def counters(self) -> dict:
-        """Samples requested / scored / served from cache, and the pool's task counters."""
+        """Samples requested / scored / served from cache, and the pool's task counters (worker
+        deaths and restarts included, also those while the pool was starting or idle)."""
+        if self._backend is not None:
+            _take_counts(self._backend, self.stats)
         return {"requested": self.requested, "calls": self.calls, "cache_hits": self.cache_hits,
                 "failed_samples": self.failed_samples, "num_workers": self.num_workers,
                 "backend": self.backend_name, **self.stats.as_dict()}
