@@ -2,7 +2,11 @@
 
 MOSES train SMILES (from the molsets 0.3.1 wheel, cached with a checksum) are subsampled with a
 fixed seed (the whole 1.58 M set would be 76 MB of uint8 at length 48; the GPU job's inputs must
-stay under 25 MB), converted to SELFIES and tokenised to a fixed length. Writes::
+stay under 25 MB), converted to SELFIES (``--representation selfies``, the default) or to RDKit's
+canonical aromatic SMILES (``--representation smiles``, regex atom tokens, length 56) and
+tokenised to a fixed length. ``--random-smiles`` writes the *train* molecules as randomised
+SMILES instead (a random atom order per molecule, seeded by its index; valid/test stay
+canonical). Writes::
 
     train.npy  valid.npy  test.npy   uint8 token ids (N, max_len)
     tokenizer.json                   vocabulary (built from the train subset) + max_len
@@ -12,6 +16,8 @@ and refreshes the committed test subset ``src/svdd/domains/molecules/assets/mose
 
     python scripts/prepare_molecules.py                    # 480k train, 10k valid, 10k test
     python scripts/prepare_molecules.py --num-train 2000 --out /tmp/mol-smoke   # smoke test
+    python scripts/prepare_molecules.py --representation smiles --no-sample      # .gpu-data/molecules-smiles
+    python scripts/prepare_molecules.py --representation smiles --random-smiles --no-sample
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from svdd.domains.molecules import data as mdata  # noqa: E402
-from svdd.domains.molecules.tokenizer import SelfiesTokenizer  # noqa: E402
+from svdd.domains.molecules.tokenizer import SelfiesTokenizer, SmilesTokenizer, smiles_variant, split_smiles  # noqa: E402
 
 
 def to_selfies(smiles_list):
@@ -43,16 +49,37 @@ def to_selfies(smiles_list):
     return out
 
 
+def to_smiles(smiles_list, random: bool = False, offset: int = 0):
+    """Canonical aromatic SMILES (or one randomised SMILES each, seeded by position) per molecule."""
+    out = []
+    for i, s in enumerate(smiles_list):
+        try:
+            out.append(smiles_variant(s, offset + i if random else None))
+        except Exception:
+            out.append(None)
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", default=str(ROOT / ".gpu-data" / "molecules"))
+    ap.add_argument("--out", default=None, help="default .gpu-data/molecules[-smiles[-random]]")
+    ap.add_argument("--representation", choices=("selfies", "smiles"), default="selfies")
+    ap.add_argument("--random-smiles", action="store_true", help="train molecules as randomised SMILES")
     ap.add_argument("--num-train", type=int, default=480_000)
     ap.add_argument("--num-valid", type=int, default=10_000)
     ap.add_argument("--num-test", type=int, default=10_000)
-    ap.add_argument("--max-len", type=int, default=48)
+    ap.add_argument("--max-len", type=int, default=None, help="48 for SELFIES, 56 for SMILES")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-sample", action="store_true", help="do not rewrite the committed test subset")
     args = ap.parse_args()
+    smiles_rep = args.representation == "smiles"
+    if args.random_smiles and not smiles_rep:
+        raise SystemExit("svdd: error: --random-smiles needs --representation smiles")
+    if args.max_len is None:
+        args.max_len = 56 if smiles_rep else 48
+    if args.out is None:
+        args.out = str(ROOT / ".gpu-data" / ("molecules" + ("-smiles" if smiles_rep else "")
+                                             + ("-random" if args.random_smiles else "")))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
@@ -65,17 +92,23 @@ def main():
     test_smiles = [test_all[i] for i in rng.permutation(len(test_all))[: args.num_test]]
     print(f"loaded MOSES train={len(train_all)} test={len(test_all)} in {time.time() - t0:.1f}s", flush=True)
 
-    train_sf = to_selfies(train_smiles)
-    import selfies as sf
+    if smiles_rep:
+        train_sf = to_smiles(train_smiles, random=args.random_smiles)
+        lengths = np.array([len(split_smiles(s)) if s else 10**6 for s in train_sf])
+        convert, Tok = to_smiles, SmilesTokenizer
+    else:
+        train_sf = to_selfies(train_smiles)
+        import selfies as sf
 
-    lengths = np.array([len(list(sf.split_selfies(s))) if s else 10**6 for s in train_sf])
+        lengths = np.array([len(list(sf.split_selfies(s))) if s else 10**6 for s in train_sf])
+        convert, Tok = to_selfies, SelfiesTokenizer
     coverage = float((lengths <= args.max_len).mean())
-    print(f"SELFIES lengths: median {np.median(lengths):.0f}, 99.5% {np.percentile(lengths, 99.5):.0f}, "
+    print(f"{args.representation} lengths: median {np.median(lengths):.0f}, 99.5% {np.percentile(lengths, 99.5):.0f}, "
           f"max {lengths[lengths < 10**6].max()}; max_len {args.max_len} covers {coverage:.4%}", flush=True)
     if coverage < 0.995:
         raise SystemExit(f"max_len {args.max_len} covers only {coverage:.3%} of train; raise --max-len")
     keep = [s for s, n in zip(train_sf, lengths) if n <= args.max_len]
-    tok = SelfiesTokenizer.build(keep, args.max_len)
+    tok = Tok.build(keep, args.max_len)
     tok.save(out / "tokenizer.json")
     print(f"vocabulary: {tok.vocab_size} tokens (incl. [PAD], [MASK])", flush=True)
 
@@ -83,19 +116,20 @@ def main():
         rows, dropped = [], 0
         for s in selfies_list:
             try:
-                rows.append(tok.encode_selfies(s))
+                rows.append(tok.encode_string(s) if smiles_rep else tok.encode_selfies(s))
             except Exception:
                 dropped += 1
         return np.asarray(rows, dtype=np.uint8).reshape(-1, args.max_len), dropped
 
     assert tok.vocab_size <= 256
     counts = {}
-    for name, sel in (("train", keep), ("valid", to_selfies(valid_smiles)), ("test", to_selfies(test_smiles))):
+    for name, sel in (("train", keep), ("valid", convert(valid_smiles)), ("test", convert(test_smiles))):
         arr, dropped = encode_all([s for s in sel if s])
         np.save(out / f"{name}.npy", arr)
         counts[name] = {"kept": int(arr.shape[0]), "dropped": int(dropped + sum(1 for s in sel if not s))}
         print(f"{name}: {arr.shape} ({arr.nbytes / 1e6:.1f} MB), dropped {counts[name]['dropped']}", flush=True)
     meta = {"source": f"molsets=={mdata.MOLSETS_VERSION} sha256={mdata.MOLSETS_SHA256}",
+            "representation": args.representation, "random_smiles": args.random_smiles,
             "num_train_total": len(train_all), "seed": args.seed, "max_len": args.max_len,
             "coverage_of_max_len": coverage, "counts": counts, "vocab_size": tok.vocab_size,
             "mask_id": tok.mask_id, "pad_id": tok.pad_id}

@@ -27,23 +27,32 @@ from torch import Tensor
 
 from ..base import Domain, DomainError
 from .chem import PROPERTIES, PropertyReward, canonical_smiles, mol_from_smiles
-from .tokenizer import SelfiesTokenizer
+from .tokenizer import SelfiesTokenizer, SmilesTokenizer, load_tokenizer_file
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 MODEL_NAME = "moses-selfies"
 MODEL_DIR = ASSETS / MODEL_NAME
+# aromatic SMILES tokens (issue 18; docs/molecules.md "Representation"), resumable training
+SMILES_MODEL_NAME = "moses-smiles"
 DEFAULT_NUM_STEPS = 32
+_ACTIVE: dict = {}   # the tokenizer of the model loaded last (what decode and rewards default to)
 
 
 @lru_cache(maxsize=4)
-def load_tokenizer(path: Optional[str] = None) -> SelfiesTokenizer:
-    """The shipped model's tokenizer (or the one in ``path``/tokenizer.json)."""
+def load_tokenizer(path: Optional[str] = None):
+    """The default model's tokenizer (or the one in ``path``/tokenizer.json, SELFIES or SMILES)."""
     folder = Path(path) if path else MODEL_DIR
-    return SelfiesTokenizer.load(folder / "tokenizer.json")
+    return load_tokenizer_file(folder / "tokenizer.json")
+
+
+def active_tokenizer():
+    """The tokenizer of the molecule model loaded last in this process (the default model's if none)."""
+    return _ACTIVE.get("tokenizer") or load_tokenizer()
 
 
 def load_model(device: str = "cpu", path: Optional[str] = None, **_):
-    """``MaskedProcess`` of the shipped (or a ``path``) model; ``process.tokenizer`` decodes."""
+    """``MaskedProcess`` of the shipped (or a ``path``) model; ``process.tokenizer`` decodes.
+    ``decode`` and the rewards then default to this model's tokenizer."""
     from ...nn import load_model as load_weights
     from ...process.masked import MaskedProcess
 
@@ -57,12 +66,22 @@ def load_model(device: str = "cpu", path: Optional[str] = None, **_):
     process = MaskedProcess(model, tok.max_len, tok.vocab_size, tok.mask_id, schedule=meta.get("schedule", "loglinear"),
                             device=device)
     process.tokenizer = tok
+    _ACTIVE["tokenizer"] = tok
     return process
 
 
-def decode(x0: Tensor, tokenizer: Optional[SelfiesTokenizer] = None) -> list[str]:
-    """Token ids -> canonical SMILES (the raw decoded string when RDKit rejects it; "" if empty)."""
-    raw = (tokenizer or load_tokenizer()).decode(x0)
+def _load_named(name: str):
+    def loader(device: str = "cpu", **options):
+        return load_model(device=device, path=str(ASSETS / name), **options)
+
+    loader.__doc__ = f"``MaskedProcess`` of the shipped {name!r} model."
+    return loader
+
+
+def decode(x0: Tensor, tokenizer=None) -> list[str]:
+    """Token ids -> canonical SMILES (the raw decoded string when RDKit rejects it; "" if empty),
+    with ``tokenizer`` or the tokenizer of the model loaded last."""
+    raw = (tokenizer or active_tokenizer()).decode(x0)
     return [canonical_smiles(s) or s for s in raw]
 
 
@@ -147,7 +166,7 @@ def _property_factory(name: str):
     def factory(arg: Optional[str] = None, tokenizer: Optional[SelfiesTokenizer] = None, **_):
         if arg:
             raise DomainError(f"reward {name!r} takes no argument (got {name}:{arg})")
-        return PropertyReward(name, tokenizer or load_tokenizer())
+        return PropertyReward(name, tokenizer or active_tokenizer())
 
     return factory
 
@@ -174,7 +193,7 @@ def _docking_factory(arg: Optional[str] = None, tokenizer: Optional[SelfiesToken
         except ValueError:
             raise DomainError(f"{name}={raw!r} is not a valid {cast.__name__}") from None
 
-    return DockingReward(arg, tokenizer or load_tokenizer(),
+    return DockingReward(arg, tokenizer or active_tokenizer(),
                          exhaustiveness=exhaustiveness or env("SVDD_DOCKING_EXHAUSTIVENESS", int, 1),
                          num_workers=num_workers or env("SVDD_DOCKING_WORKERS", int, None),
                          timeout_s=timeout_s or env("SVDD_DOCKING_TIMEOUT", float, 120.0), seed=docking_seed)
@@ -209,7 +228,7 @@ REWARDS["surrogate"] = (_surrogate_factory, "differentiable CNN surrogate of qed
 DOMAIN = Domain(
     name="molecules",
     description="small molecules: masked diffusion over SELFIES trained on MOSES (ZINC), RDKit and Vina rewards",
-    models={MODEL_NAME: load_model},
+    models={MODEL_NAME: load_model, SMILES_MODEL_NAME: _load_named(SMILES_MODEL_NAME)},
     default_model=MODEL_NAME,
     rewards=REWARDS,
     default_reward="qed",
@@ -222,5 +241,6 @@ DOMAIN = Domain(
            "value_network": value_network},
 )
 
-__all__ = ["DOMAIN", "load_model", "load_tokenizer", "decode", "SelfiesTokenizer", "PropertyReward", "MoleculeValueNet",
+__all__ = ["DOMAIN", "load_model", "load_tokenizer", "active_tokenizer", "decode", "SelfiesTokenizer",
+           "SmilesTokenizer", "PropertyReward", "MoleculeValueNet",
            "value_network"]

@@ -1,6 +1,7 @@
-"""SELFIES tokenizer for masked diffusion over molecules.
+"""Tokenizers for masked diffusion over molecules: SELFIES (``SelfiesTokenizer``) and aromatic
+SMILES (``SmilesTokenizer``, regex atom tokens; described at its class).
 
-A SMILES string is converted to SELFIES (Krenn et al. 2020), split into its bracket tokens and
+SELFIES: a SMILES string is converted to SELFIES (Krenn et al. 2020), split into its bracket tokens and
 mapped to ids over a fixed vocabulary::
 
     id 0            [PAD]  end-of-sequence / padding (the model learns it; decoding drops it)
@@ -117,3 +118,129 @@ class SelfiesTokenizer:
         if rows and isinstance(rows[0], int):
             rows = [rows]
         return [self.decode_one(r) for r in rows]
+
+
+# -- aromatic SMILES ------------------------------------------------------------------------------
+# Schwaller et al. 2019 (Molecular Transformer): one token per bracket atom, two-letter halogen,
+# organic-subset atom (aromatic lower case included), bond, branch parenthesis or ring-closure digit.
+SMILES_REGEX = (r"(\[[^\]]+]|Br?|Cl?|N|O|S|P|F|I|b|c|n|o|s|p|\(|\)|\.|=|#|-|\+|\\|\/|:|~|@|\?|>|\*|\$|"
+                r"\%[0-9]{2}|[0-9])")
+
+
+def _rdkit_chem():
+    try:
+        from rdkit import Chem
+    except ModuleNotFoundError:
+        raise DomainError("the molecules domain needs RDKit: run pip install 'svdd[molecules]'") from None
+    return Chem
+
+
+def split_smiles(smiles: str) -> list[str]:
+    """Regex tokens of a SMILES string; raises ``DomainError`` if the tokens do not spell it back."""
+    import re
+
+    toks = re.findall(SMILES_REGEX, smiles)
+    if "".join(toks) != smiles:
+        raise DomainError(f"SMILES {smiles!r} has characters the SMILES tokenizer does not know")
+    return toks
+
+
+def smiles_variant(smiles: str, random_seed: int | None = None) -> str:
+    """RDKit's canonical aromatic SMILES of a molecule, or (``random_seed`` given) a randomised
+    SMILES of it: a random atom order, still aromatic, the same molecule (Bjerrum 2017)."""
+    Chem = _rdkit_chem()
+    mol = Chem.MolFromSmiles(smiles)
+    if mol is None or mol.GetNumAtoms() == 0:
+        raise DomainError(f"cannot parse SMILES {smiles!r}; check that it is a valid molecule")
+    if random_seed is None:
+        return Chem.MolToSmiles(mol)
+    import numpy as _np
+
+    order = _np.random.default_rng(random_seed).permutation(mol.GetNumAtoms()).tolist()
+    return Chem.MolToSmiles(Chem.RenumberAtoms(mol, order), canonical=False)
+
+
+class SmilesTokenizer:
+    """Aromatic SMILES, atom-level regex tokens (``SMILES_REGEX``), fixed length::
+
+        id 0            [PAD]  end-of-sequence / padding (decoding drops it)
+        ids 1 .. V-2    SMILES tokens seen in the training set (sorted)
+        id V-1          [MASK] the absorbing state
+
+    ``encode`` writes RDKit's canonical SMILES, so aromatic rings are single tokens (``c``,
+    ``n``, ``[nH]``) and no Kekulé alternation has to be generated. Unlike SELFIES, a sampled
+    sequence may spell an invalid SMILES (unbalanced ring digits or brackets, wrong valence):
+    ``decode`` returns the string as written and validity is RDKit's judgement."""
+
+    kind = "smiles"
+
+    def __init__(self, tokens: Sequence[str], max_len: int):
+        tokens = list(tokens)
+        if tokens[0] != PAD or tokens[-1] != MASK or len(set(tokens)) != len(tokens):
+            raise ValueError("vocabulary must start with [PAD], end with [MASK] and have no duplicates")
+        self.tokens = tokens
+        self.max_len = int(max_len)
+        self.index = {tok: i for i, tok in enumerate(tokens)}
+        self.pad_id = 0
+        self.mask_id = len(tokens) - 1
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.tokens)
+
+    @classmethod
+    def build(cls, smiles_strings: Iterable[str], max_len: int) -> "SmilesTokenizer":
+        alphabet: set[str] = set()
+        for s in smiles_strings:
+            alphabet.update(split_smiles(s))
+        return cls([PAD, *sorted(alphabet - {PAD, MASK}), MASK], max_len)
+
+    def to_dict(self) -> dict:
+        return {"type": "smiles", "regex": SMILES_REGEX, "tokens": self.tokens, "max_len": self.max_len}
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=1))
+
+    @classmethod
+    def load(cls, path: str | Path) -> "SmilesTokenizer":
+        meta = json.loads(Path(path).read_text())
+        return cls(meta["tokens"], meta["max_len"])
+
+    def encode_string(self, smiles: str) -> list[int]:
+        """Ids of a SMILES string exactly as written (no canonicalisation)."""
+        toks = split_smiles(smiles)
+        unknown = sorted({t for t in toks if t not in self.index or t in (PAD, MASK)})
+        if unknown:
+            raise DomainError(f"SMILES token(s) {unknown} are not in the model's vocabulary; "
+                              "the molecule contains atoms or charges the model never saw")
+        if len(toks) > self.max_len:
+            raise DomainError(f"molecule has {len(toks)} SMILES tokens; the model handles at most {self.max_len}")
+        return [self.index[t] for t in toks] + [self.pad_id] * (self.max_len - len(toks))
+
+    def encode(self, smiles: str | Sequence[str]) -> Tensor:
+        """SMILES (one or a list) -> ids of the canonical aromatic SMILES, ``(L,)`` or ``(B, L)``."""
+        if isinstance(smiles, str):
+            return torch.tensor(self.encode_string(smiles_variant(smiles)), dtype=torch.long)
+        return torch.tensor([self.encode_string(smiles_variant(s)) for s in smiles], dtype=torch.long)
+
+    def decode_one(self, ids: Sequence[int]) -> str:
+        return "".join(self.tokens[i] for i in ids if i != self.pad_id and i != self.mask_id)
+
+    def decode(self, x: Tensor | np.ndarray) -> list[str]:
+        """Token ids ``(B, L)`` -> SMILES strings as written (RDKit may reject them)."""
+        rows = x.tolist() if hasattr(x, "tolist") else list(x)
+        if rows and isinstance(rows[0], int):
+            rows = [rows]
+        return [self.decode_one(r) for r in rows]
+
+
+TOKENIZERS = {"selfies": SelfiesTokenizer, "smiles": SmilesTokenizer}
+
+
+def load_tokenizer_file(path: str | Path):
+    """The tokenizer saved in ``path`` (a ``tokenizer.json``), by its ``type``."""
+    meta = json.loads(Path(path).read_text())
+    kind = meta.get("type", "selfies")
+    if kind not in TOKENIZERS:
+        raise DomainError(f"{path}: unknown tokenizer type {kind!r}; expected one of {sorted(TOKENIZERS)}")
+    return TOKENIZERS[kind](meta["tokens"], meta["max_len"])
