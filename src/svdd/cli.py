@@ -360,6 +360,7 @@ def _sample_in_folder(args, spec, out: Path) -> int:
     config = {k: v for k, v in vars(args).items() if k not in ("func", "resume", "quiet")}
     _check_run_folder(args, out, config)
     domain, process, reward, device = _load(args)
+    domain.prepare_data(args.reward, vars(args))   # run-time data (MOSES, receptors) fetched before sampling
     if args.num_steps is None:
         args.num_steps = domain.default_num_steps
     if args.reward_workers:

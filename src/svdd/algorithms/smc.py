@@ -19,10 +19,11 @@ Notation (code → paper):
   ``log_weights``    log w, accumulated across steps that do not resample (the FK code
                      overwrites them: issue #12), reset to uniform after a resample
   ``ess_threshold``  resample when ESS < ess_threshold·P; 1.0 = every step (the paper's SMC)
-  invalid            a particle whose value or reward was invalid (raised, NaN / ±inf) since the
-                     last resample has weight 0 in resampling and in the final selection (its
-                     potentials use the reward's invalid_value, so weights stay finite); when
-                     every particle is invalid the weights are used as they are
+  invalid            a particle whose current value (or final reward) is invalid (raised,
+                     NaN / ±inf) has weight 0 in that step's resampling and in the final
+                     selection, and its lineage keeps its previous value for the potentials (so
+                     an invalid_value never enters the weights); when every particle is
+                     invalid the weights are used as they are
 
 Order of one step k (t_k → t_{k+1}): (1) one denoiser call (with a backward pass for a guided
 proposal) on the current particles; (2) weight the move into them with G_k; (3) ESS-gated
@@ -61,12 +62,12 @@ def _normalise(log_w: Tensor) -> Tensor:
     return log_w - torch.logsumexp(log_w, 0)
 
 
-def _live(log_w: Tensor, alive: Tensor) -> Tensor:
-    """The log-weights resampling and selection use: −inf for particles whose value or reward
-    was invalid since the last resample (invalid never wins), unless every particle is, in which
-    case the weights are left as they are (computed with the reward's invalid_value). No host read."""
-    masked = torch.where(alive, log_w, torch.full_like(log_w, -math.inf))
-    return torch.where(alive.any(), masked, log_w)
+def _live(log_w: Tensor, valid: Tensor) -> Tensor:
+    """The log-weights resampling and selection use: −inf for particles whose current value (or
+    final reward) is invalid, so an invalid particle never wins; when every particle is invalid,
+    the weights are left as they are. No host read."""
+    masked = torch.where(valid, log_w, torch.full_like(log_w, -math.inf))
+    return torch.where(valid.any(), masked, log_w)
 
 
 def check_smc_args(alpha, potential, ess_threshold, final, num_samples, num_particles, resample):
@@ -141,7 +142,7 @@ def smc_loop(run: Run, *, num_samples: int, num_steps: int, num_particles: int, 
     log_w = torch.zeros(P, dtype=torch.float64, device=x.device)
     lineage = _Lineage(P, x.device)
     pending = torch.zeros_like(log_w)       # log p_pre − log q of the last move
-    alive = torch.ones(P, dtype=torch.bool, device=x.device)   # every value valid since the last resample
+    valid = torch.ones(P, dtype=torch.bool, device=x.device)   # the current value of each particle is valid
     resample_steps, ancestors = [], []
     lam_k = 1.0
     for k in range(num_steps):
@@ -157,21 +158,22 @@ def smc_loop(run: Run, *, num_samples: int, num_steps: int, num_particles: int, 
                 v, ok = pm_value.evaluate_from_x0_hat(x, x0_hat, t)
             else:
                 v, ok = run.evaluate_value(x, t)
-            alive = alive & ok.to(alive.device)
+            valid = ok.to(valid.device)
             v = v.to(torch.float64)
             if tempering is not None:
                 lam_k = float(tempering(k, v, log_w + pending, lineage))
-            log_w = log_w + pending + lineage.potential(lam_k * v, lam, potential)
+            # an invalid value carries no information: the lineage keeps its previous value
+            log_w = log_w + pending + lineage.potential(torch.where(valid, lam_k * v, lineage.v_prev), lam, potential)
         elif tempering is not None:
             lam_k = float(tempering(k, None, log_w, lineage))
-        live = _live(log_w, alive)
+        live = _live(log_w, valid)
         cur_ess = ess(live)
         # 3. ESS-gated resampling (weights are uniform at k = 0: nothing to do); particles with
         #    an invalid value have weight 0 here unless all have
         resampled = k > 0 and (ess_threshold >= 1.0 or cur_ess < ess_threshold * P)
         if resampled:
             idx = resampler(live, P, generator).to(x.device)
-            alive = torch.ones_like(alive)
+            valid = valid[idx]
             x, x0_hat = x[idx], x0_hat[idx]
             if g is not None:
                 g = type(g)(g.x0_hat[idx], g.reward[idx], g.grad[idx])
@@ -193,14 +195,14 @@ def smc_loop(run: Run, *, num_samples: int, num_steps: int, num_particles: int, 
             x_new = trans.sample(generator)
         x = x_new
         run.record(ess=cur_ess, resampled=resampled, tempering=lam_k)
-        run.step_done(k, t, t_next, x, x0_hat, log_weights=_live(log_w, alive), ess=cur_ess, resampled=resampled)
+        run.step_done(k, t, t_next, x, x0_hat, log_weights=_live(log_w, valid), ess=cur_ess, resampled=resampled)
 
     # 5. clean particles: final potential λ·r − Σ log G along the lineage (weight 0 if invalid)
     rewards, ok = run.reward.evaluate(x)
     rewards = rewards.to(torch.float64)
     log_w = log_w + pending + lineage.final_potential(rewards, lam)
     log_w = torch.where(torch.isnan(log_w), torch.full_like(log_w, -math.inf), log_w)
-    log_w = _live(log_w, alive & ok.to(alive.device))
+    log_w = _live(log_w, ok.to(log_w.device))
     final_log_w = _normalise(log_w)
     final_ess = ess(log_w)
     # 6. select num_samples particles by weight

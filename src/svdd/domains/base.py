@@ -35,6 +35,10 @@ class Domain:
     sample_columns: Optional[Callable[..., dict[str, list]]] = None
     # (x0, decoded, process) -> {metric: float} set-level metrics (diversity, validity, ...)
     metrics: Optional[Callable[..., dict[str, Any]]] = None
+    # (reward_spec, options) -> notices: fetch what the run's rewards and metrics need BEFORE
+    # sampling (see prepare_data); raises for data a reward needs, returns a notice for metric-only
+    # data that fell back. None: the domain fetches nothing at run time (dna, rna: shipped subsets)
+    prefetch: Optional[Callable[..., list[str]]] = None
     # (out_dir: Path, x0, decoded, rewards, info) -> list of files written (SDF, FASTA, PNG)
     write_files: Optional[Callable[..., list[Path]]] = None
     extra: dict = field(default_factory=dict)  # the pyproject extra that installs its dependencies
@@ -56,6 +60,24 @@ class Domain:
             except PrecisionError as err:
                 raise DomainError(f"{self.name} model {name!r}: {err}") from None
         return process
+
+    def prepare_data(self, reward_spec: Optional[str] = None, options: Optional[dict] = None,
+                     notify: Optional[Callable[[str], None]] = None) -> list[str]:
+        """Fetch, before any sampling, the data a run of ``reward_spec`` needs (``prefetch``).
+        A failure to fetch what a reward needs raises a one-line ``DomainError``/``DataError``
+        saying what to run; metric-only data that falls back gives a notice, printed to stderr
+        (or passed to ``notify``) and returned."""
+        if self.prefetch is None:
+            return []
+        notices = list(self.prefetch(reward_spec or self.default_reward, dict(options or {})) or [])
+        if notify is None:
+            import sys
+
+            def notify(message: str) -> None:
+                print(f"svdd: note: {message}", file=sys.stderr)
+        for message in notices:
+            notify(message)
+        return notices
 
     def make_reward(self, spec: Optional[str] = None, **options):
         """Build a reward from ``"name"``, ``"name:arg"`` or a weighted sum ``"a+0.5*b:arg"``."""

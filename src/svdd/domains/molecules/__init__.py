@@ -27,6 +27,7 @@ from torch import Tensor
 
 from ..base import Domain, DomainError
 from .chem import PROPERTIES, PropertyReward, canonical_smiles, mol_from_smiles
+from .fetch import prefetch
 from .tokenizer import SelfiesTokenizer, SmilesTokenizer, load_tokenizer_file
 
 ASSETS = Path(__file__).resolve().parent / "assets"
@@ -112,13 +113,15 @@ def set_metrics(x0: Tensor, decoded: list[str], process=None, **options) -> dict
 
 def write_files(out_dir, x0: Tensor, decoded: list[str], rewards, info: Optional[dict] = None) -> list[Path]:
     """``molecules.sdf``: valid molecules with SMILES, reward and index; docked 3D poses (and
-    the Vina score) when a docking reward docked them in this process, 2D coordinates otherwise."""
-    from .docking import active_docking_rewards
+    the Vina score) when a docking reward docked them — in this process, or in worker processes
+    (``--reward-workers``, ``--backend process``: read back from the docking SQLite cache) —,
+    2D coordinates otherwise."""
+    from .docking import pose_sources
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "molecules.sdf"
-    dockers = active_docking_rewards()
+    dockers = pose_sources((info or {}).get("reward"), decoded)
     rewards = torch.as_tensor(rewards).tolist() if rewards is not None else [None] * len(decoded)
     from ...runfolder import atomic_path
 
@@ -237,6 +240,7 @@ DOMAIN = Domain(
     sample_columns=sample_columns,
     metrics=set_metrics,
     write_files=write_files,
+    prefetch=prefetch,
     extra={"values": {"qed": ASSETS / "value-qed", "sa": ASSETS / "value-sa"}, "pyproject_extra": "molecules",
            "value_network": value_network},
 )
