@@ -8,7 +8,8 @@ Pipeline per ligand: Open Babel (``obabel -p 7.4``) protonation -> RDKit ETKDG 3
 MMFF -> meeko PDBQT -> ``Vina.dock(exhaustiveness, n_poses=1)``. Receptors and boxes are
 dockstring's 58 prepared targets (``dockstring/resources/targets/<T>_target.pdbqt`` and
 ``<T>_conf.txt``), read from an installed ``dockstring`` (never imported) or from its wheel
-fetched with ``pip download --no-deps dockstring==0.3.4`` into the cache.
+fetched with ``pip download --no-deps --only-binary=:all: dockstring==0.3.4`` into the cache
+(SHA-256 checked; no build code runs).
 
 Workers are separate processes (one Vina each, ``cpu=1``), each computing the receptor's
 affinity maps once when it starts; a docking that runs past ``timeout_s`` kills its worker
@@ -21,12 +22,12 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import hashlib
 import importlib.util
 import math
 import multiprocessing as mp
 import os
 import queue
+import re
 import shutil
 import sqlite3
 import subprocess
@@ -42,6 +43,7 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor
 
+from ...cache import DataError, fetch_wheel
 from ..base import DomainError
 from .data import cache_dir
 
@@ -60,38 +62,41 @@ def _installed_targets_dir() -> Optional[Path]:
     return path if path.is_dir() else None
 
 
-@lru_cache(maxsize=1)
+@lru_cache(maxsize=2)
 def targets_dir(download: bool = True) -> Path:
     """Folder with ``<T>_target.pdbqt`` / ``<T>_conf.txt``: the installed dockstring's, or the
-    dockstring wheel's unpacked into the cache (downloaded with pip if needed)."""
+    dockstring wheel's, unpacked into the cache. The wheel is fetched with ``pip download
+    --no-deps --only-binary=:all:`` and checked against its SHA-256 (``svdd.cache.fetch_wheel``);
+    the receptor files are unpacked into a temp folder and renamed into place, so the cache
+    holds all of them or none."""
     found = _installed_targets_dir()
     if found is not None:
         return found
     root = cache_dir(f"dockstring-{DOCKSTRING_VERSION}")
     out = root / "targets"
-    if out.is_dir() and any(out.glob("*_target.pdbqt")):
+    if out.is_dir() and not out.is_symlink() and any(out.glob("*_target.pdbqt")):
         return out
-    if not download:
-        raise DomainError("docking receptors not found; run pip install 'svdd[molecules]' (installs dockstring)")
-    wheel = root / DOCKSTRING_WHEEL
-    if not wheel.exists():
-        with tempfile.TemporaryDirectory(dir=root) as tmp:
-            proc = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--quiet",
-                                   f"dockstring=={DOCKSTRING_VERSION}", "-d", tmp], capture_output=True, text=True)
-            got = Path(tmp) / DOCKSTRING_WHEEL
-            if proc.returncode != 0 or not got.exists():
-                raise DomainError("docking receptors not found and dockstring could not be downloaded; "
-                                  f"run pip install --no-deps dockstring=={DOCKSTRING_VERSION}")
-            os.replace(got, wheel)
-    if hashlib.sha256(wheel.read_bytes()).hexdigest() != DOCKSTRING_SHA256:
-        wheel.unlink()
-        raise DomainError(f"checksum mismatch for {DOCKSTRING_WHEEL}; retry (the file was removed)")
-    tmp_out = Path(tempfile.mkdtemp(dir=root))
-    with zipfile.ZipFile(wheel) as z:
-        for name in z.namelist():
-            if name.startswith("dockstring/resources/targets/") and not name.endswith("/"):
-                (tmp_out / Path(name).name).write_bytes(z.read(name))
-    os.replace(tmp_out, out)
+    try:
+        wheel = fetch_wheel(f"dockstring=={DOCKSTRING_VERSION}", DOCKSTRING_WHEEL, DOCKSTRING_SHA256, root, download)
+    except DataError as err:
+        raise DomainError(f"docking receptors not found: {err}; or pip install 'svdd[molecules]' "
+                          "(installs dockstring)") from None
+    tmp_out = Path(tempfile.mkdtemp(dir=root, prefix=".targets-"))
+    try:
+        with zipfile.ZipFile(wheel) as z:
+            for name in z.namelist():
+                if name.startswith("dockstring/resources/targets/") and not name.endswith("/"):
+                    (tmp_out / Path(name).name).write_bytes(z.read(name))
+        if out.is_dir() and not out.is_symlink() and not any(out.glob("*_target.pdbqt")):
+            shutil.rmtree(out)   # an empty leftover
+        try:
+            os.replace(tmp_out, out)
+        except OSError:
+            if not any(out.glob("*_target.pdbqt")):   # not another process that unpacked them first
+                raise
+    finally:
+        if tmp_out.exists():
+            shutil.rmtree(tmp_out, ignore_errors=True)
     return out
 
 
@@ -396,10 +401,26 @@ class DockingReward:
             out.append(float("nan") if score is None or not math.isfinite(score) else max(-float(score), 0.0))
         return out
 
-    def pose(self, smiles: str) -> Optional[str]:
+    def load_cached(self, smiles: Sequence[str]) -> None:
+        """Fill ``memory`` from the SQLite cache for ``smiles`` not docked in this process — the
+        results of worker processes (``--reward-workers``, ``--backend process``) with the same
+        target and settings, so their poses reach ``molecules.sdf``."""
         from .chem import canonical_smiles
 
-        hit = self.memory.get(canonical_smiles(smiles) or "")
+        if self.cache is None:
+            return
+        missing = sorted({c for c in (canonical_smiles(s) for s in smiles) if c and c not in self.memory})
+        if missing:
+            self.memory.update(self.cache.get(self.key, missing))
+
+    def pose(self, smiles: str) -> Optional[str]:
+        """The best docked pose (MDL mol block) of ``smiles``, from this process or the cache."""
+        from .chem import canonical_smiles
+
+        canon = canonical_smiles(smiles) or ""
+        if canon and canon not in self.memory:
+            self.load_cached([canon])
+        hit = self.memory.get(canon)
         return hit[1] if hit and hit[1] else None
 
     def __call__(self, x0: Tensor) -> Tensor:
@@ -427,6 +448,36 @@ class DockingReward:
 
 def active_docking_rewards() -> list[DockingReward]:
     return list(_ACTIVE)
+
+
+def docking_targets(reward_spec: Optional[str]) -> list[str]:
+    """Docking targets named in a reward spec (``"docking:parp1+0.5*qed"`` -> ``["parp1"]``)."""
+    if not reward_spec:
+        return []
+    found = re.findall(r"(?:^|[+*\s])docking:([A-Za-z0-9_.-]+)", str(reward_spec))
+    return list(dict.fromkeys(t.lower() for t in found))
+
+
+def pose_sources(reward_spec: Optional[str], smiles: Sequence[str] = ()) -> list[DockingReward]:
+    """Docking rewards to take poses from for ``smiles``: those alive in this process, plus, for
+    each target of ``reward_spec`` without one, a reader of the SQLite cache with the settings a
+    worker would have used (the same environment variables), so a run whose docking happened in
+    worker processes writes the same poses and Vina scores as an in-process run. Poses of workers
+    on other machines (a Ray cluster) reach the SDF only if ``$SVDD_CACHE_DIR`` is shared."""
+    sources = [d for d in active_docking_rewards() if d.cache is not None or d.memory]
+    have = {d.target for d in sources}
+    for target in docking_targets(reward_spec):
+        if target in have:
+            continue
+        from . import _docking_factory
+
+        try:
+            sources.append(_docking_factory(target, tokenizer=None))
+        except DomainError:
+            continue   # an unknown target: the run itself said so already
+    for d in sources:
+        d.load_cached(smiles)
+    return sources
 
 
 @atexit.register
