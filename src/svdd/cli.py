@@ -613,7 +613,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--ray-address", default=None, help="join an existing Ray cluster (default: start a local one)")
     s.add_argument("--reward-workers", type=int, default=None,
                    help="evaluate the reward in a pool of N worker processes (or Ray actors with --backend ray)")
-    s.add_argument("--reward-timeout", type=float, default=None, help="seconds per reward task in the pool")
+    s.add_argument("--reward-timeout", type=float, default=None,
+                   help="seconds per reward task in the --reward-workers pool (past it the worker is killed, the "
+                        "task retried, then scored invalid); only worker rewards can be timed out: a reward "
+                        "evaluated in this process cannot be interrupted")
     s.add_argument("--out", required=True, help="run folder")
     s.add_argument("--resume", action="store_true", help="continue a killed run in --out")
     s.set_defaults(func=cmd_sample)
