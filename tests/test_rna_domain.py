@@ -109,7 +109,7 @@ def test_fasta_u_or_t_and_sample_columns(tmp_path):
     assert decoded[0].startswith("ACGU") and "T" not in "".join(decoded)
     files = DOMAIN.write_files(tmp_path, x, decoded, torch.tensor([1.0, 2.0]), {})
     text = files[0].read_text().splitlines()
-    assert text[0].startswith(">utr_0 reward=1.0000") and text[1] == decoded[0] and "T" not in text[3]
+    assert text[0].startswith(">sample_00000 reward=1.0000") and text[1] == decoded[0] and "T" not in text[3]
     dna = DOMAIN.write_files(tmp_path, x, decoded, torch.tensor([1.0, 2.0]), {"fasta_alphabet": "T"})[0]
     assert dna.read_text().splitlines()[3] == "T" * 50
     with pytest.raises(DomainError, match="alphabet"):

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import argparse
 import csv
+import errno
 import inspect
 import json
+import math
 import os
 import platform
 import sys
@@ -36,9 +38,12 @@ class UserError(Exception):
     pass
 
 
-from .runfolder import RunFolderError  # noqa: E402
+from .checks import InputError  # noqa: E402
+from .runfolder import DamagedFile, FolderLocked, RunFolderError  # noqa: E402
+from .values.learned import ValueLoadError  # noqa: E402
 
-USER_ERRORS = (UserError, RunFolderError, DomainError, AlgorithmError, RewardError, BenchError, DataError, PrecisionError)
+USER_ERRORS = (UserError, InputError, RunFolderError, FolderLocked, DamagedFile, ValueLoadError, DomainError,
+               AlgorithmError, RewardError, BenchError, DataError, PrecisionError)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -56,23 +61,39 @@ def _parse_value(text: str) -> Any:
     return text
 
 
+# method arguments the CLI sets itself: --set may not override them
+_RESERVED = {"process": "the model comes from --domain / --model / --process", "reward_fn": "use --reward",
+             "generator": "use --seed", "callback": "svdd sets it (progress bars)", "num_samples": "use --num-samples",
+             "num_steps": "use --num-steps", "value_fn": "use --value"}
+
+
 def _method_kwargs(args, fn) -> dict:
+    """The method's keyword arguments from --num-candidates / --alpha / --num-particles and
+    --set KEY=VALUE, each checked against the method's signature (name, type of its default,
+    range of the well-known knobs)."""
+    from .checks import check_option
+
     params = inspect.signature(fn).parameters
     kwargs: dict[str, Any] = {}
+    labels: dict[str, str] = {}
     knobs = {"num_candidates": args.num_candidates, "alpha": args.alpha, "num_particles": args.num_particles}
     for name, value in knobs.items():
         if value is None:
             continue
         if name not in params:
             raise UserError(f"method {args.method!r} does not take --{name.replace('_', '-')}; drop it")
-        kwargs[name] = value
+        kwargs[name], labels[name] = value, f"--{name.replace('_', '-')}"
     for item in args.set or []:
         key, eq, value = item.partition("=")
         key = key.strip().replace("-", "_")
-        if not eq or key not in params:
-            options = ", ".join(p for p in params if p not in ("process", "reward_fn", "generator", "callback"))
-            raise UserError(f"--set {item!r}: {args.method} takes {options}")
-        kwargs[key] = _parse_value(value)
+        if key in _RESERVED:
+            raise UserError(f"--set {item!r}: {key} is not a method option here; {_RESERVED[key]}")
+        if not eq or not key or key not in params:
+            options = ", ".join(p for p in params if p not in _RESERVED)
+            raise UserError(f"--set {item!r}: write KEY=VALUE with a KEY {args.method} takes: {options}")
+        kwargs[key], labels[key] = _parse_value(value.strip()), f"--set {key}"
+    for key, value in kwargs.items():
+        check_option(fn, key, value, label=labels[key])
     if args.max_batch_size and "max_batch_size" in params:
         kwargs["max_batch_size"] = args.max_batch_size
     return kwargs
@@ -98,11 +119,10 @@ def _precision(text: Optional[str]) -> Optional[str]:
 
 
 def _device(name: str) -> str:
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError("--device cuda was asked for but no CUDA device is visible; use --device cpu")
-    return name
+    """``--device``: ``auto`` resolved; a device torch does not know or this machine lacks is refused."""
+    from .checks import check_device
+
+    return check_device(name)
 
 
 def _git_revision() -> Optional[str]:
@@ -123,7 +143,27 @@ def _progress(total: int, desc: str, enabled: bool):
 
 
 # ------------------------------------------------------------------------------------------------
+def _resolve_domain(args) -> None:
+    """``--process MODULE:FACTORY`` is the model; the domain is ``--domain`` (its rewards, decoder
+    and files) or, without one, the user domain named by the factory. Default: molecules."""
+    process = getattr(args, "process", None)
+    if process:
+        from .plugins import is_import_path
+
+        if not is_import_path(process):
+            raise UserError(f"--process {process!r} is not an import path; write MODULE:FACTORY, e.g. "
+                            "mymodel:make_process (the module on PYTHONPATH)")
+        if args.model and args.model != process:
+            raise UserError("--process replaces --model; give one of them")
+        if getattr(args, "diffusers", None):
+            raise UserError("--process and --diffusers both name the model; give one of them")
+        args.model = process
+        args.domain = args.domain or process
+    args.domain = args.domain or "molecules"
+
+
 def _load(args):
+    _resolve_domain(args)
     domain = get_domain(args.domain)
     device = _device(args.device)
     if getattr(args, "diffusers", None):
@@ -180,7 +220,8 @@ def _run_shards_distributed(label, method, kwargs, args, out: Path, show: bool) 
     value_factory = None
     if kwargs.get("value_fn") is not None:
         kwargs.pop("value_fn")
-        value_factory = ValueFactory(args.value, device=args.device)
+        value_factory = ValueFactory(args.value, device=args.device,
+                                     process_factory=DomainProcessFactory(args.domain, args.model, device=args.device))
     bar = _progress(args.num_samples, f"{label} {method} ({args.backend})", show)
     try:
         precision = {"precision": args.precision} if getattr(args, "precision", None) else {}
@@ -296,28 +337,253 @@ def _histogram(path: Path, rewards: torch.Tensor, baseline: Optional[torch.Tenso
     plt.close(fig)
 
 
-def _write_csv(path: Path, decoded: list[str], rewards: torch.Tensor, columns: dict[str, list]):
+def _write_csv(path: Path, readable: list[str], rewards: torch.Tensor, columns: dict[str, list],
+               sample_column: str = "sample"):
     from .runfolder import atomic_path
 
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
         w = csv.writer(fh)
-        w.writerow(["index", "sample", "reward", *columns.keys()])
-        for i, (s, r) in enumerate(zip(decoded, rewards.tolist())):
+        w.writerow(["index", sample_column, "reward", *columns.keys()])
+        for i, (s, r) in enumerate(zip(readable, rewards.tolist())):
             w.writerow([i, s, f"{r:.6g}", *(col[i] for col in columns.values())])
 
 
-def cmd_sample(args) -> int:
+def _domain_call(fn, *args, **options):
+    """Call a domain hook with the options its signature names (a ``**options`` catch-all gets
+    none: it may forward them to a stricter function)."""
+    params = inspect.signature(fn).parameters
+    return fn(*args, **{k: v for k, v in options.items() if k in params and params[k].kind != params[k].VAR_KEYWORD})
+
+
+def _decoded(domain, x0: torch.Tensor) -> Optional[list[str]]:
+    return domain.decode(x0) if domain.decode else None
+
+
+def _readable(x0: torch.Tensor) -> list[str]:
+    """A readable column for samples a domain does not decode: the values when there are at most
+    16 per sample, else a pointer into samples.safetensors."""
+    flat = x0.detach().cpu().reshape(len(x0), -1)
+    if flat.shape[1] <= 16:
+        fmt = (lambda v: str(int(v))) if not flat.is_floating_point() else (lambda v: f"{float(v):.6g}")
+        return [" ".join(fmt(v) for v in row) for row in flat]
+    shape = "x".join(str(d) for d in x0.shape[1:])
+    return [f"samples.safetensors:x0[{i}] ({shape})" for i in range(len(x0))]
+
+
+def _is_user_model(args, domain) -> bool:
+    """The samples come from the user's model (--process, --diffusers, an import-path --model), so
+    metrics tied to the domain's shipped model must not be reported."""
+    from .plugins import is_import_path
+
+    return bool(getattr(args, "diffusers", None) or is_import_path(args.model or "") or domain.extra.get("user"))
+
+
+def _write_samples(out: Path, prefix: str, domain, process, run: dict, reward, options: dict):
+    """``{prefix}samples.csv`` (readable column named for the domain, reward, per-sample columns) and
+    ``{prefix}samples.safetensors`` (x0 and rewards as tensors); per-sample files (images)."""
+    from .runfolder import save_tensors
+
+    x0, rewards = run["x0"], run["rewards"]
+    decoded = _decoded(domain, x0)
+    if domain.sample_files is not None:
+        readable = list(_domain_call(domain.sample_files, out, x0, prefix, {"process": process, **options}))
+    else:
+        readable = decoded if decoded is not None else _readable(x0)
+    columns = _domain_call(domain.sample_columns, x0, decoded or [""] * len(x0), process, **options) \
+        if domain.sample_columns else {}
+    csv_path = out / f"{prefix}samples.csv"
+    _write_csv(csv_path, readable, rewards, columns, domain.sample_column)
+    tensors_path = out / f"{prefix}samples.safetensors"
+    save_tensors(tensors_path, {"x0": x0, "rewards": rewards}, {"reward": reward.name, "columns": list(columns)},
+                 root=out)
+    return [csv_path, tensors_path], columns
+
+
+def _evaluation_columns(columns: dict) -> dict:
+    """Per-sample scores of an evaluation oracle (columns named ``*_eval``)."""
+    return {k: v for k, v in columns.items() if k.endswith("_eval") and all(isinstance(x, (int, float)) for x in v)}
+
+
+def _evaluation_stats(columns: dict, seed: int) -> dict:
+    return {k: _reward_stats(torch.tensor([float(x) for x in v]), seed) for k, v in _evaluation_columns(columns).items()
+            if len(v)}
+
+
+# ------------------------------------------------------------------------------------------------
+# input checks: everything that can be refused before a folder is locked or a model loaded
+# ------------------------------------------------------------------------------------------------
+SEED_MAX = 2 ** 32 - 1
+
+
+def _check_count(flag: str, value: Optional[int], minimum: int = 1) -> None:
+    if value is not None and value < minimum:
+        raise UserError(f"{flag} must be an integer >= {minimum}, got {value}")
+
+
+def _check_number(flag: str, value: Optional[float], minimum: Optional[float] = None, *, strict: bool = False,
+                  hint: str = "") -> None:
+    if value is None:
+        return
+    if not math.isfinite(value):
+        raise UserError(f"{flag} must be a finite number, got {value}{hint}")
+    if minimum is not None and (value < minimum or (strict and value == minimum)):
+        raise UserError(f"{flag} must be {'>' if strict else '>='} {minimum:g}, got {value:g}{hint}")
+
+
+def _check_seed(seed: int) -> None:
+    if not 0 <= seed <= SEED_MAX:
+        raise UserError(f"--seed must be an integer from 0 to {SEED_MAX}, got {seed}")
+
+
+def _check_out(text: Optional[str], flag: str = "--out", *, folder: bool = True) -> None:
+    """``--out`` (a folder) or ``--output`` (a file) can be created: not empty, not a link, not a
+    file where a folder is wanted (or the reverse), under a writable folder."""
+    if text is None or not str(text).strip():
+        raise UserError(f"{flag} is empty; name a {'folder' if folder else 'file'}, e.g. {flag} "
+                        f"{'runs/my-run' if folder else 'report.md'}")
+    path = Path(text)
+    if path.is_symlink():
+        raise UserError(f"{flag} {path} is a symbolic link; svdd never writes through links — give the real "
+                        f"{'folder' if folder else 'file'}")
+    if path.exists():
+        if folder and not path.is_dir():
+            raise UserError(f"{flag} {path} is a file, not a folder; choose another {flag}")
+        if not folder and path.is_dir():
+            raise UserError(f"{flag} {path} is a folder; give a file name, e.g. {path / 'report.md'}")
+    for parent in path.absolute().parents:
+        if parent.exists() or parent.is_symlink():
+            if not parent.is_dir():
+                raise UserError(f"{flag} {path}: {parent} is a file, not a folder; choose another {flag}")
+            if not path.exists() and not os.access(parent, os.W_OK | os.X_OK):
+                raise UserError(f"{flag} {path}: cannot create it, {parent} is not writable; choose another {flag}")
+            break
+
+
+def _domain_name(args) -> str:
+    """The domain an invocation will use (as ``_resolve_domain`` decides it), without changing args."""
+    return getattr(args, "domain", None) or getattr(args, "process", None) or "molecules"
+
+
+def _is_import_path(text) -> bool:
+    try:
+        from .plugins import is_import_path
+    except ImportError:  # pragma: no cover
+        return False
+    return is_import_path(text)
+
+
+def _check_domain_args(args) -> None:
+    """--domain, --model and --reward name things that exist (the reward's syntax too), and the
+    domain-specific options (--diffusers, --prompt, --guidance-scale, --oracle-dir) apply."""
+    from .checks import check_reward_names, reward_terms_or_error
+
+    if getattr(args, "domain", None) is not None and not args.domain.strip():
+        raise UserError("--domain is empty; choose one of `svdd list domains`")
+    reward = getattr(args, "reward", None)
+    if reward is not None:
+        if not reward.strip():
+            raise UserError("--reward is empty; name a reward (see `svdd list rewards`) or leave --reward out "
+                            "for the domain's default")
+        reward_terms_or_error(reward)
+    name = _domain_name(args)
+    if not _is_import_path(name):
+        domain = get_domain(name)
+        if args.model and args.model not in domain.models and not _is_import_path(args.model) \
+                and not getattr(args, "process", None):
+            raise UserError(f"unknown model {args.model!r} for domain {domain.name!r}; choose one of "
+                            f"{sorted(domain.models)} (see `svdd list models`)")
+        check_reward_names(domain, reward)
+    diffusers = getattr(args, "diffusers", None)
+    if not diffusers:
+        for flag, value in (("--prompt", args.prompt), ("--guidance-scale", args.guidance_scale)):
+            if value is not None:
+                raise UserError(f"{flag} applies to a --diffusers pipeline; add --diffusers DIR or drop {flag}")
+    _check_number("--guidance-scale", args.guidance_scale)
+    if args.oracle_dir is not None and not Path(args.oracle_dir).is_dir():
+        raise UserError(f"--oracle-dir {args.oracle_dir}: no such folder")
+
+
+def _validate_sample_args(args):
+    """Check a `svdd sample` invocation before anything is locked or loaded; returns the method's
+    registry entry. Sizes get a first memory check with a 1-byte lower bound per sample (the exact
+    bound follows once the model says how large a sample is: ``_check_sample_size``)."""
+    from .checks import check_fits, sample_rows
+
     args.max_batch_size = _max_batch_size(args.max_batch_size)
     args.precision = _precision(args.precision)
-    if args.num_samples < 1:
-        raise UserError("--num-samples must be >= 1")
-    if args.num_candidates is not None and args.num_candidates < 1:
-        raise UserError("--num-candidates must be >= 1")
-    if args.alpha is not None and args.alpha < 0:
-        raise UserError("--alpha must be >= 0 (0 means argmax selection)")
-    if args.batch_size is not None and args.batch_size < 1:
-        raise UserError("--batch-size must be >= 1")
+    for flag, value in (("--num-samples", args.num_samples), ("--num-candidates", args.num_candidates),
+                        ("--num-particles", args.num_particles), ("--num-steps", args.num_steps),
+                        ("--batch-size", args.batch_size), ("--reward-workers", args.reward_workers),
+                        ("--workers", args.workers)):
+        _check_count(flag, value)
+    _check_seed(args.seed)
+    _check_number("--alpha", args.alpha, 0, hint=" (0 means argmax selection)")
+    if args.reward_timeout is not None:
+        if not args.reward_workers:
+            raise UserError("--reward-timeout applies to --reward-workers N (rewards evaluated in this process "
+                            "cannot be timed out); add --reward-workers or drop --reward-timeout")
+        _check_number("--reward-timeout", args.reward_timeout, 0, strict=True, hint=" seconds")
+    if args.workers is not None and args.backend == "local":
+        raise UserError("--workers applies to --backend process or ray; add one of them or drop --workers")
+    if args.ray_address and args.backend != "ray":
+        raise UserError("--ray-address applies to --backend ray; add --backend ray or drop --ray-address")
+    _check_out(args.out)
+    device = _device(args.device)
     spec = get_algorithm(args.method)
+    _check_domain_args(args)
+    kwargs = _method_kwargs(args, spec.fn)
+    if args.value is not None:
+        if not args.value.strip():
+            raise UserError("--value is empty; give a folder from `svdd fit-value` or MODULE:FACTORY")
+        if "value_fn" not in inspect.signature(spec.fn).parameters:
+            raise UserError(f"{args.method} does not use a value function; drop --value (svdd-mc, svdd-pm, "
+                            "svdd-r and smc take one)")
+        if not (_is_import_path(args.value) and not Path(args.value).exists()):
+            from .values.learned import read_value_meta
+
+            fitted = read_value_meta(args.value).get("domain")
+            if fitted and fitted != _domain_name(args):
+                raise UserError(f"--value {args.value} was fitted on domain {fitted!r}, not {_domain_name(args)!r}; "
+                                f"fit one for this domain with `svdd fit-value --domain {_domain_name(args)}`")
+    shard = min(args.batch_size or args.num_samples, args.num_samples)
+    check_fits(sample_rows(kwargs, spec.fn, shard), 1, device=device, what=_size_request(args, spec, kwargs),
+               fix="lower it, or split the run into shards with --batch-size")
+    check_fits(args.num_samples * 2, 1, device="cpu", what=f"--num-samples {args.num_samples}",
+               fix="draw fewer samples per run")
+    if args.num_steps is not None:
+        check_fits(args.num_steps + 1, 8, device="cpu", what=f"--num-steps {args.num_steps}",
+                   fix="use fewer denoising steps")
+    return spec
+
+
+def _size_request(args, spec, kwargs) -> str:
+    shard = min(args.batch_size or args.num_samples, args.num_samples)
+    parts = [f"{shard} samples per shard" if args.batch_size else f"--num-samples {args.num_samples}"]
+    if kwargs.get("num_candidates") is not None:
+        parts.append(f"{kwargs['num_candidates']} candidates each (num_candidates)")
+    if kwargs.get("num_particles") is not None:
+        parts = [f"{kwargs['num_particles']} particles (num_particles)"]
+    return " × ".join(parts)
+
+
+def _check_sample_size(args, spec, process, kwargs: dict, device) -> None:
+    """Refuse a run whose samples alone (children, candidates, particles, the merged output and
+    the baseline) cannot fit in the memory available now."""
+    from .checks import check_fits, sample_nbytes, sample_rows
+
+    nbytes = sample_nbytes(process)
+    if not nbytes:
+        return
+    shard = min(args.batch_size or args.num_samples, args.num_samples)
+    check_fits(sample_rows(kwargs, spec.fn, shard), nbytes, device=device, what=_size_request(args, spec, kwargs),
+               fix="lower it, or split the run into shards with --batch-size")
+    copies = 2 if args.baseline and args.method != "ancestral" else 1
+    check_fits(args.num_samples * copies, nbytes, device="cpu", what=f"--num-samples {args.num_samples}",
+               fix="draw fewer samples per run")
+
+
+def cmd_sample(args) -> int:
+    spec = _validate_sample_args(args)
     from .runfolder import FolderLock
 
     out = Path(args.out)
@@ -357,12 +623,13 @@ def _check_run_folder(args, out: Path, config: dict) -> None:
 def _sample_in_folder(args, spec, out: Path) -> int:
     from .runfolder import atomic_write_json
 
+    _resolve_domain(args)
     config = {k: v for k, v in vars(args).items() if k not in ("func", "resume", "quiet")}
     _check_run_folder(args, out, config)
     domain, process, reward, device = _load(args)
     domain.prepare_data(args.reward, vars(args))   # run-time data (MOSES, receptors) fetched before sampling
-    if args.num_steps is None:
-        args.num_steps = domain.default_num_steps
+    if args.num_steps is None:   # a user process may carry its own default
+        args.num_steps = int(getattr(process, "default_num_steps", 0) or domain.default_num_steps)
     if args.reward_workers:
         from .distributed import DomainRewardFactory, RewardPool
 
@@ -377,13 +644,18 @@ def _sample_in_folder(args, spec, out: Path) -> int:
         raise UserError(f"{args.method} needs a differentiable reward and {reward.name!r} is not; "
                         "use svdd-pm, smc or dno (hybrid) instead")
     kwargs = _method_kwargs(args, spec.fn)
+    _check_sample_size(args, spec, process, kwargs, device)
     value_cost = None
     if args.value:
+        from .plugins import is_import_path, load_user_value
         from .values.learned import load_value
 
-        value = load_value(args.value, device=device)
+        if is_import_path(args.value) and not Path(args.value).exists():
+            value = load_user_value(args.value, process)
+        else:
+            value = load_value(args.value, device=device)
         kwargs["value_fn"] = value
-        value_cost = value.meta.get("cost")
+        value_cost = getattr(value, "meta", {}).get("cost")
     elif spec.needs_value:
         shipped = _shipped_value(domain, args.model or domain.default_model, args.reward or domain.default_reward)
         if shipped is None:
@@ -403,16 +675,23 @@ def _sample_in_folder(args, spec, out: Path) -> int:
     if args.baseline and args.method != "ancestral":
         baseline = _run_shards("baseline", "ancestral", process, reward, {}, args, out, show)
 
-    decoded = domain.decode(run["x0"]) if domain.decode else [""] * len(run["x0"])
-    columns = domain.sample_columns(run["x0"], decoded, process) if domain.sample_columns else {}
-    _write_csv(out / "samples.csv", decoded, run["rewards"], columns)
-    metrics = domain.metrics(run["x0"], decoded, process) if domain.metrics else {}
-    files = [out / "samples.csv"]
+    options = {"oracle_dir": args.oracle_dir, "user_model": _is_user_model(args, domain),
+               "fasta_alphabet": args.fasta_alphabet}
+    files, columns = _write_samples(out, "", domain, process, run, reward, options)
+    metrics = _domain_call(domain.metrics, run["x0"], _decoded(domain, run["x0"]), process, **options) \
+        if domain.metrics else {}
+    bcolumns = {}
+    if baseline:
+        bfiles, bcolumns = _write_samples(out, "baseline_", domain, process, baseline, reward, options)
+        files += bfiles
     _histogram(out / "reward_hist.png", run["rewards"], baseline["rewards"] if baseline else None, args.method, reward.name)
     files.append(out / "reward_hist.png")
     if domain.write_files:
-        files += list(domain.write_files(out, run["x0"], decoded, run["rewards"], {"reward": reward.name, "process": process,
-                                                                                        "fasta_alphabet": args.fasta_alphabet}) or [])
+        info = {"reward": reward.name, "process": process, "fasta_alphabet": args.fasta_alphabet,
+                "evaluation": _evaluation_columns(columns), **options}
+        if baseline:
+            info.update({"baseline_x0": baseline["x0"], "baseline_rewards": baseline["rewards"]})
+        files += list(domain.write_files(out, run["x0"], _decoded(domain, run["x0"]), run["rewards"], info) or [])
 
     summary = {
         "svdd_version": __version__, "git_revision": _git_revision(), "config": config,
@@ -427,11 +706,17 @@ def _sample_in_folder(args, spec, out: Path) -> int:
         "wall_time_s_this_invocation": time.time() - started,
         "files": [str(f.relative_to(out)) for f in files],
     }
+    evaluation = _evaluation_stats(columns, args.seed)
+    if evaluation:
+        summary["evaluation"] = evaluation
     if baseline:
-        bdec = domain.decode(baseline["x0"]) if domain.decode else None
+        bdec = _decoded(domain, baseline["x0"])
         summary["baseline"] = {"method": "ancestral", "reward_stats": _reward_stats(baseline["rewards"], args.seed),
-                               "metrics": domain.metrics(baseline["x0"], bdec, process) if domain.metrics else {},
+                               "metrics": _domain_call(domain.metrics, baseline["x0"], bdec, process, **options)
+                               if domain.metrics else {},
                                "counters": baseline["counters"]}
+        if _evaluation_stats(bcolumns, args.seed):
+            summary["baseline"]["evaluation"] = _evaluation_stats(bcolumns, args.seed)
     failures = _reward_failures(run["counters"], args.num_samples)
     if failures:
         summary["reward_failures"] = failures
@@ -483,11 +768,38 @@ def _print_table(summary: dict) -> None:
 
 
 # ------------------------------------------------------------------------------------------------
+def _validate_fit_args(args) -> None:
+    """Check a `svdd fit-value` invocation before the model is loaded."""
+    from .checks import check_fits
+
+    for flag, value in (("--num-rollouts", args.num_rollouts), ("--train-steps", args.train_steps),
+                        ("--train-batch-size", args.train_batch_size), ("--num-steps", args.num_steps)):
+        _check_count(flag, value)
+    _check_seed(args.seed)
+    _check_number("--lr", args.lr, 0, strict=True)
+    _check_number("--alpha", args.alpha, 0, strict=True, hint=" (the tilt temperature of the exp loss)")
+    _check_number("--weight-decay", args.weight_decay, 0)
+    _check_out(args.out)
+    device = _device(args.device)
+    _check_domain_args(args)
+    check_fits(args.num_rollouts * ((args.num_steps or 1) + 1), 1, device="cpu",
+               what=f"--num-rollouts {args.num_rollouts} (every state of every rollout is kept)",
+               fix="use fewer rollouts")
+    return device
+
+
 def cmd_fit_value(args) -> int:
+    from .checks import check_fits, sample_nbytes
     from .values.learned import fit_value
 
+    _validate_fit_args(args)
     domain, process, reward, device = _load(args)
     num_steps = args.num_steps or domain.default_num_steps
+    nbytes = sample_nbytes(process)
+    if nbytes:
+        check_fits(args.num_rollouts * (num_steps + 1), nbytes, device="cpu",
+                   what=f"--num-rollouts {args.num_rollouts} × {num_steps + 1} states (every state of every rollout "
+                        "is kept)", fix="use fewer rollouts or fewer --num-steps")
     network = None
     if "value_network" in domain.extra:
         network = domain.extra["value_network"](process)
@@ -497,6 +809,9 @@ def cmd_fit_value(args) -> int:
                             alpha=args.alpha, generator=gen, device=device, progress=not args.quiet,
                             early_stopping=args.early_stopping, weight_decay=args.weight_decay,
                             log=None if args.quiet else print)
+    if not math.isfinite(float(cost.get("final_train_loss", 0.0))):
+        raise UserError(f"training ended with a non-finite loss ({cost['final_train_loss']}); nothing was saved — "
+                        "lower --lr, or check that the reward returns finite values")
     value.meta.update({"domain": domain.name, "reward": reward.name, "model": args.model or domain.default_model})
     value.save(args.out)
     print(f"fitted value saved to {args.out}: {cost['num_rollouts']} rollouts, nfe {cost['nfe']}, "
@@ -515,6 +830,10 @@ def cmd_list(args) -> int:
             grad = " (differentiable reward)" if spec.needs_gradients else ""
             print(f"{name:<20} [{kinds}]{grad} {spec.description}")
         return 0
+    if args.domain is not None:          # a domain asked for by name must exist and load
+        if not args.domain.strip():
+            raise UserError("--domain is empty; run `svdd list domains` to see them")
+        get_domain(args.domain)
     names = [args.domain] if args.domain else sorted(DOMAIN_MODULES)
     for name in names:
         try:
@@ -540,24 +859,46 @@ def cmd_bench(args) -> int:
 
     if not Path(args.suite).exists():
         raise UserError(f"no suite file {args.suite}; see benchmarks/*.yaml")
+    if Path(args.suite).is_dir():
+        raise UserError(f"suite {args.suite} is a folder; give a suite file, e.g. benchmarks/toys-quick.yaml")
+    _check_out(args.out)
+    outcome: dict = {}
     run_suite(args.suite, args.out, resume=args.resume, quick=args.quick, device=_device(args.device),
-              only_rewards=args.only_reward, only_methods=args.only_method)
+              only_rewards=args.only_reward, only_methods=args.only_method, outcome=outcome)
+    failed = outcome.get("failed") or []
+    if failed:   # every other cell ran; the failed ones are retried by the next invocation
+        shown = "; ".join(f"{cell} ({error})" for cell, error in failed[:3])
+        more = f"; and {len(failed) - 3} more" if len(failed) > 3 else ""
+        raise UserError(f"{len(failed)} of {outcome.get('cells', len(failed))} cells failed and were recorded in "
+                        f"{Path(args.out) / 'runs.jsonl'} with status 'error': {shown}{more}; fix the suite and rerun "
+                        "(finished cells are kept)")
     return 0
 
 
 def cmd_report(args) -> int:
-    from .report import build_report
+    from .report import build_report, report_paths
 
     if not Path(args.run_dir).exists():
         raise UserError(f"no run directory {args.run_dir}; run `svdd bench SUITE --out DIR` first")
-    out = build_report(args.run_dir, args.output)
-    if out:
-        print(f"wrote {out}")
+    if not Path(args.run_dir).is_dir():
+        raise UserError(f"{args.run_dir} is a file; give the folder that `svdd bench SUITE --out DIR` wrote")
+    if args.output is not None and not str(args.output).strip():
+        raise UserError("--output is empty; give a folder or a file ending in .md")
+    md_path, fig_dir = report_paths(args.run_dir, args.output)
+    if md_path.exists() and md_path.is_dir():
+        raise UserError(f"--output {args.output}: {md_path} is a folder; give a folder or a file ending in .md")
+    try:
+        build_report(args.run_dir, md_path, fig_dir=fig_dir)
+    except PermissionError as err:
+        hint = "" if args.output else "; write elsewhere with --output DIR"
+        raise UserError(f"cannot write the report: {err.strerror}: {err.filename}{hint}") from None
+    print(f"wrote {md_path}")
     return 0
 
 
 def cmd_demo(args) -> int:
     """SVDD-PM on QED with the shipped molecule model (falls back to the toys if unavailable)."""
+    _check_out(args.out)
     out = Path(args.out)
     try:
         get_domain("molecules")
@@ -573,14 +914,24 @@ def cmd_demo(args) -> int:
 
 
 # ------------------------------------------------------------------------------------------------
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (``svdd sample: error: ...``) instead of a usage block."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="svdd", description="Reward-aligned sampling from pretrained diffusion models.")
+    p = _Parser(prog="svdd", description="Reward-aligned sampling from pretrained diffusion models.")
     p.add_argument("--version", action="version", version=f"svdd {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
     def common(sp):
-        sp.add_argument("--domain", default="molecules", help="domain pack (svdd list domains)")
+        sp.add_argument("--domain", default=None, help="domain pack (svdd list domains; default molecules, or "
+                        "your own with --process)")
         sp.add_argument("--model", default=None, help="pretrained model of the domain (svdd list models)")
+        sp.add_argument("--process", default=None, metavar="MODULE:FACTORY",
+                        help="your own model: a zero-argument factory returning a svdd process (module on PYTHONPATH)")
         sp.add_argument("--reward", default=None, help="reward name or weighted sum, e.g. 'docking:parp1+0.5*qed'")
         sp.add_argument("--num-steps", type=int, default=None, help="denoising steps (domain default)")
         sp.add_argument("--seed", type=int, default=0)
@@ -598,7 +949,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--num-candidates", type=int, default=None, help="SVDD's M / best-of-n's N")
     s.add_argument("--num-particles", type=int, default=None, help="SMC particles")
     s.add_argument("--alpha", type=float, default=None, help="tilt temperature (0 = argmax)")
-    s.add_argument("--value", default=None, help="fitted value folder for svdd-mc (svdd fit-value)")
+    s.add_argument("--value", default=None, metavar="DIR|MODULE:FACTORY",
+                   help="value for svdd-mc: a folder from `svdd fit-value`, or your FACTORY() / FACTORY(process) "
+                        "returning value_fn(x, t)")
     s.add_argument("--set", action="append", metavar="KEY=VALUE", help="any other method option, repeatable")
     s.add_argument("--batch-size", type=int, default=None, help="samples per shard (default: all in one)")
     s.add_argument("--max-batch-size", default=None, metavar="N|auto",
@@ -655,7 +1008,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("report", help="tables and figures from a bench run folder")
     r.add_argument("run_dir")
-    r.add_argument("--output", default=None, help="markdown file to write (default: RUN_DIR/report.md)")
+    r.add_argument("--output", default=None, metavar="DIR|FILE.md",
+                   help="where to write: a folder gets report.md and figures/ (the run folder is only read, so it "
+                        "may be read-only); a path ending in .md is the markdown file, with figures/ beside it "
+                        "(default: RUN_DIR/report.md and RUN_DIR/figures)")
     r.set_defaults(func=cmd_report)
 
     d = sub.add_parser("demo", help="SVDD-PM on QED with the shipped molecule model")
@@ -665,20 +1021,74 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+# OS errors that describe the user's files or machine (a path that is a file, a folder that cannot
+# be written, a full disk), not a bug in svdd
+_USER_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENOTDIR, errno.EISDIR,
+                errno.EEXIST, errno.ENAMETOOLONG, errno.ELOOP, errno.ENOENT, errno.EMFILE, errno.ENFILE}
+
+
+def _error(message) -> None:
+    text = "; ".join(line.strip() for line in str(message).splitlines() if line.strip())
+    print(f"svdd: error: {text}", file=sys.stderr)
+
+
+def _os_error(err: OSError) -> str:
+    where = err.filename if err.filename is not None else ""
+    what = err.strerror or str(err)
+    hint = {errno.ENOSPC: "free some disk space", errno.EDQUOT: "free some disk space"}.get(
+        err.errno, "check the path or choose another one")
+    return f"{where}: {what}; {hint}" if where else f"{what}; {hint}"
+
+
+def _out_of_memory(err: BaseException) -> bool:
+    oom = getattr(torch, "OutOfMemoryError", None)
+    text = str(err)
+    return (isinstance(err, MemoryError) or (oom is not None and isinstance(err, oom))
+            or "can't allocate memory" in text or "CUDA out of memory" in text)
+
+
+def _run(argv: Optional[list[str]]) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:        # argparse: --help, --version, a usage error (already printed)
+        return exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 2)
     try:
         return args.func(args)
     except USER_ERRORS as err:
-        print(f"svdd: error: {err}", file=sys.stderr)
+        _error(err)
         return 2
-    except FileNotFoundError as err:
-        print(f"svdd: error: {err}", file=sys.stderr)
+    except BrokenPipeError:
+        raise
+    except OSError as err:
+        if err.errno not in _USER_ERRNOS:
+            raise
+        _error(_os_error(err))
+        return 2
+    except (MemoryError, RuntimeError) as err:
+        if not _out_of_memory(err):
+            raise
+        _error("out of memory while running; lower --num-samples / --num-candidates / --num-particles, or split "
+               "the run with --batch-size and --max-batch-size (finished shards are kept: rerun with --resume)")
         return 2
     except KeyboardInterrupt:
         print("svdd: interrupted; finished shards are kept — rerun with --resume", file=sys.stderr)
         return 130
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """The ``svdd`` command. Returns the exit code: 0, 1 (the run finished but failed, e.g. every
+    reward call failed), 2 (a user mistake, in one ``svdd: error:`` line), 130 (interrupted), 141
+    (stdout closed early, as in ``svdd list rewards | head -1``: silent, like a SIGPIPE)."""
+    try:
+        return _run(argv)
+    except BrokenPipeError:
+        try:                           # later flushes of stdout must not fail again at exit
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        except (OSError, ValueError, AttributeError):
+            pass
+        return 141
 
 
 if __name__ == "__main__":  # pragma: no cover

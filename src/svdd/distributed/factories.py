@@ -40,14 +40,21 @@ class DomainRewardFactory:
 
 
 class ValueFactory:
-    """A fitted SVDD-MC value (``svdd fit-value`` output folder), loaded in the worker."""
+    """A fitted SVDD-MC value (``svdd fit-value`` output folder), loaded in the worker, or the
+    user's ``MODULE:FACTORY`` (called with a process from ``process_factory`` if it takes one)."""
 
-    def __init__(self, path: str, device: str = "cpu"):
-        self.path, self.device = str(path), device
+    def __init__(self, path: str, device: str = "cpu", process_factory=None):
+        self.path, self.device, self.process_factory = str(path), device, process_factory
 
     def __call__(self):
+        from pathlib import Path
+
+        from ..plugins import is_import_path, load_user_value
         from ..values.learned import load_value
 
+        if is_import_path(self.path) and not Path(self.path).exists():
+            process = self.process_factory() if self.process_factory is not None else None
+            return load_user_value(self.path, process)
         return load_value(self.path, device=self.device)
 
     def __repr__(self) -> str:

@@ -19,9 +19,26 @@ DOMAIN_MODULES = {
 }
 
 
+def available_domains() -> list[str]:
+    """Shipped domains, then those installed packages register (entry-point group ``svdd.domains``)."""
+    from ..plugins import entry_point_domains
+
+    return sorted(DOMAIN_MODULES) + sorted(n for n in entry_point_domains() if n not in DOMAIN_MODULES)
+
+
 def get_domain(name: str) -> Domain:
+    """A shipped domain by name, an installed one (entry point), or ``MODULE:FACTORY``: the user
+    domain around a process factory (``svdd.plugins.user_domain``)."""
+    from ..plugins import entry_point_domains, is_import_path, load_entry_point_domain, user_domain
+
     if name not in DOMAIN_MODULES:
-        raise DomainError(f"unknown domain {name!r}; choose one of {sorted(DOMAIN_MODULES)}")
+        if is_import_path(name):
+            return user_domain(name)
+        installed = entry_point_domains()
+        if name in installed:
+            return load_entry_point_domain(name, installed[name])
+        raise DomainError(f"unknown domain {name!r}; choose one of {available_domains()} "
+                          "(or give your own model with --process MODULE:FACTORY)")
     module, attr, extra = DOMAIN_MODULES[name]
     try:
         mod = importlib.import_module(module)
@@ -33,4 +50,4 @@ def get_domain(name: str) -> Domain:
     return getattr(mod, attr)
 
 
-__all__ = ["Domain", "DomainError", "get_domain", "DOMAIN_MODULES"]
+__all__ = ["Domain", "DomainError", "get_domain", "available_domains", "DOMAIN_MODULES"]

@@ -14,6 +14,12 @@ from typing import Any, Callable, Optional
 from torch import Tensor
 
 
+def _is_import_path(name) -> bool:
+    from ..plugins import is_import_path
+
+    return is_import_path(name)
+
+
 class DomainError(ValueError):
     """A user-facing domain problem (unknown model/reward, missing optional dependency)."""
 
@@ -42,12 +48,20 @@ class Domain:
     # (out_dir: Path, x0, decoded, rewards, info) -> list of files written (SDF, FASTA, PNG)
     write_files: Optional[Callable[..., list[Path]]] = None
     extra: dict = field(default_factory=dict)  # the pyproject extra that installs its dependencies
+    # name of samples.csv's readable column: "smiles", "sequence", "image" (a PNG path), "sample"
+    sample_column: str = "sample"
+    # (out_dir: Path, x0, prefix: str, info) -> one relative file path per sample (per-sample PNGs)
+    sample_files: Optional[Callable[..., list[str]]] = None
 
     def load_process(self, model: Optional[str] = None, device: str = "cpu", precision: Optional[str] = None,
                      **options):
         """The pretrained process ``model`` on ``device``; ``precision`` (``"fp32"``, ``"bf16"``,
         ``"auto"``) sets the denoiser forward's precision (``svdd.accelerator``)."""
         name = model or self.default_model
+        if name not in self.models and _is_import_path(name):   # the user's own process factory
+            from ..plugins import load_user_process
+
+            return load_user_process(name, device=device)
         if name not in self.models:
             raise DomainError(f"unknown model {name!r} for domain {self.name!r}; choose one of "
                               f"{sorted(self.models)} (see `svdd list models`)")
@@ -84,10 +98,19 @@ class Domain:
         from ..rewards.base import parse_reward_spec
 
         def factory(term: str):
-            name, _, arg = term.partition(":")
-            if name not in self.rewards:
-                raise DomainError(f"unknown reward {term!r} for domain {self.name!r}; choose one of "
-                                  f"{sorted(self.rewards)} (see `svdd list rewards`)")
-            return self.rewards[name][0](arg or None, **options)
+            from ..plugins import is_import_path, load_user_reward
 
-        return parse_reward_spec(spec or self.default_reward, factory)
+            name, _, arg = term.partition(":")
+            if name in self.rewards:
+                return self.rewards[name][0](arg or None, **options)
+            if is_import_path(term):          # the user's own reward, MODULE:NAME
+                return load_user_reward(term)
+            choices = f"one of {sorted(self.rewards)} (see `svdd list rewards`) or " if self.rewards else ""
+            raise DomainError(f"unknown reward {term!r} for domain {self.name!r}; choose {choices}your own "
+                              "reward as MODULE:NAME")
+
+        spec = spec or self.default_reward
+        if not spec:
+            raise DomainError(f"domain {self.name!r} has no default reward; pass --reward MODULE:NAME (your reward "
+                              "callable) or a reward of a domain")
+        return parse_reward_spec(spec, factory)

@@ -100,23 +100,17 @@ def compute_metrics(x0: Tensor, decoded: Optional[list[str]] = None, process=Non
 
 
 def write_fasta(out_dir: Path, x0: Tensor, decoded: list[str], rewards: Tensor, info: Optional[dict] = None) -> list[Path]:
-    """``samples.fasta``: one record per sample, reward (and evaluation oracle) in the header."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    name = (info or {}).get("reward", "reward")
-    extra = _oracle_scores(x0.cpu()).get("hepg2_eval")
-    path = out_dir / "samples.fasta"
-    from ...runfolder import atomic_path
+    """``samples.fasta``: ``>sample_00000 <reward>=… hepg2_eval=…`` (``svdd.domains.fasta``: the
+    guidance reward under its name, then the evaluation oracle's score)."""
+    from ..fasta import write_fasta_file
 
-    with atomic_path(path) as tmp, open(tmp, "w") as f:
-        for i, seq in enumerate(decoded):
-            head = f">sample_{i:05d} {name}={float(rewards[i]):.4f}"
-            if extra is not None:
-                head += f" hepg2_eval={extra[i]:.4f}"
-            f.write(f"{head}\n")
-            for j in range(0, len(seq), 80):
-                f.write(seq[j:j + 80] + "\n")
-    return [path]
+    info = info or {}
+    scores = {info.get("reward", "reward"): [float(v) for v in torch.as_tensor(rewards).reshape(-1).tolist()]}
+    evaluation = info.get("evaluation")
+    if evaluation is None:
+        evaluation = {k: v for k, v in _oracle_scores(x0.cpu()).items() if k.endswith("_eval")}
+    scores.update(evaluation)
+    return [write_fasta_file(Path(out_dir) / "samples.fasta", decoded, scores)]
 
 
 def read_fasta(path: str | Path) -> list[str]:
@@ -161,6 +155,7 @@ DOMAIN = Domain(
     sample_columns=sample_columns,
     metrics=compute_metrics,
     write_files=write_fasta,
+    sample_column="sequence",
     extra={"value_network": value_network, "values": VALUE_DIRS, "pyproject_extra": "dna"},
 )
 

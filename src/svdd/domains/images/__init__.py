@@ -182,11 +182,13 @@ def _eval_features(pixels: Tensor):
     return feats, probs
 
 
-def _sample_columns(x0: Tensor, decoded, process=None) -> dict:
+def _sample_columns(x0: Tensor, decoded, process=None, user_model: bool = False) -> dict:
+    """JPEG size and brightness; the held-out digit classifier's prediction only for the shipped
+    digits model (``user_model=True``: the user's model, whose images are not digits)."""
     pixels = _pixels(x0, process)
     cols = {"jpeg_kb": [round(v, 4) for v in _rewards.jpeg_kilobytes(pixels).tolist()],
             "brightness": [round(v, 4) for v in _rewards.Brightness()(pixels.float()).tolist()]}
-    _, probs = _eval_features(pixels)
+    _, probs = _eval_features(pixels) if not user_model else (None, None)
     if probs is not None:
         conf, digit = probs.max(dim=1)
         cols["eval_digit"] = digit.tolist()
@@ -194,10 +196,10 @@ def _sample_columns(x0: Tensor, decoded, process=None) -> dict:
     return cols
 
 
-def _metrics(x0: Tensor, decoded, process=None, *, elbo_timesteps: int = 8) -> dict:
+def _metrics(x0: Tensor, decoded, process=None, *, elbo_timesteps: int = 8, user_model: bool = False) -> dict:
     pixels = _pixels(x0, process)
     out = {"diversity_pixels": pairwise_diversity(pixels), "jpeg_kb_mean": float(_rewards.jpeg_kilobytes(pixels).mean())}
-    feats, probs = _eval_features(pixels)
+    feats, probs = _eval_features(pixels) if not user_model else (None, None)   # digit metrics: shipped model only
     if feats is not None:
         out["diversity_features"] = pairwise_diversity(feats, center=False)
         counts = torch.bincount(probs.argmax(1), minlength=10)
@@ -220,6 +222,23 @@ def _write_files(out_dir, x0: Tensor, decoded, rewards: Tensor, info: Optional[d
     order = torch.argsort(rewards.float().cpu(), descending=True)
     return [save_grid(out_dir / "best.png", pixels[best]), save_grid(out_dir / "median.png", pixels[median]),
             save_grid(out_dir / "samples.png", pixels[order[:64]])]
+
+
+def _sample_files(out_dir, x0: Tensor, prefix: str = "", info: Optional[dict] = None) -> list[str]:
+    """One PNG per sample, ``{prefix}images/sample_00000.png``; returns the paths relative to ``out_dir``."""
+    from ...runfolder import atomic_path
+    from .viz import grid_image
+
+    out_dir = Path(out_dir)
+    pixels = _pixels(x0, (info or {}).get("process"))
+    folder = f"{prefix}images"
+    paths = []
+    for i in range(len(pixels)):
+        rel = f"{folder}/sample_{i:05d}.png"
+        with atomic_path(out_dir / rel, root=out_dir) as tmp:
+            grid_image(pixels[i:i + 1], 1, 1, pad=0).save(tmp, format="PNG")
+        paths.append(rel)
+    return paths
 
 
 def value_network(process) -> torch.nn.Module:
@@ -254,6 +273,8 @@ DOMAIN = Domain(
     decode=_decode,
     sample_columns=_sample_columns,
     metrics=_metrics,
+    sample_column="image",
+    sample_files=_sample_files,
     write_files=_write_files,
     extra={"pyproject_extra": "images", "load_diffusers": load_diffusers, "value_network": value_network,
            "reward_needs_process": True,   # pass process= to make_reward so latent samples decode via the VAE

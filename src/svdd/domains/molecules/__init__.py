@@ -240,6 +240,7 @@ DOMAIN = Domain(
     sample_columns=sample_columns,
     metrics=set_metrics,
     write_files=write_files,
+    sample_column="smiles",
     prefetch=prefetch,
     extra={"values": {"qed": ASSETS / "value-qed", "sa": ASSETS / "value-sa"}, "pyproject_extra": "molecules",
            "value_network": value_network},

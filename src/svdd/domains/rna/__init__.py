@@ -50,26 +50,27 @@ def _set_metrics(x0: Tensor, decoded: list[str], process=None, **_options) -> di
     return _metrics.sequence_metrics(x0.long(), process, extra_processes=extra)
 
 
-def write_fasta(path: Path, sequences: list[str], rewards: Optional[Tensor] = None, alphabet: str = "U") -> Path:
-    """Write ``sequences`` to FASTA with U (``alphabet="U"``, RNA) or T (``"T"``, DNA)."""
+def write_fasta(path: Path, sequences: list[str], rewards: Optional[Tensor] = None, alphabet: str = "U", *,
+                reward_name: str = "reward", evaluation: Optional[dict] = None) -> Path:
+    """Write ``sequences`` to FASTA with U (``alphabet="U"``, RNA) or T (``"T"``, DNA); headers
+    ``>sample_00000 <reward_name>=… mrl_eval=…`` as every sequence domain (``svdd.domains.fasta``)."""
+    from ..fasta import write_fasta_file
+
     alphabet = alphabet.upper()
     if alphabet not in ("U", "T"):
         raise DomainError(f"FASTA alphabet must be 'U' (RNA) or 'T' (DNA), got {alphabet!r}")
-    path = Path(path)
-    lines = []
-    for i, s in enumerate(sequences):
-        s = s.upper().replace("T", "U") if alphabet == "U" else s.upper().replace("U", "T")
-        header = f">utr_{i}" + (f" reward={float(rewards[i]):.4f}" if rewards is not None else "")
-        lines += [header, s]
-    from ...runfolder import atomic_write
-
-    return atomic_write(path, "\n".join(lines) + "\n")
+    seqs = [s.upper().replace("T", "U") if alphabet == "U" else s.upper().replace("U", "T") for s in sequences]
+    scores = {} if rewards is None else {reward_name: [float(v) for v in rewards.reshape(-1).tolist()]}
+    scores.update(evaluation or {})
+    return write_fasta_file(Path(path), seqs, scores)
 
 
 def _write_files(out_dir: Path, x0: Tensor, decoded: list[str], rewards: Tensor, info: dict,
                  alphabet: Optional[str] = None, **_options) -> list[Path]:
-    alphabet = alphabet or (info or {}).get("fasta_alphabet", "U")
-    return [write_fasta(Path(out_dir) / "samples.fasta", decoded, rewards, alphabet=alphabet)]
+    info = info or {}
+    alphabet = alphabet or info.get("fasta_alphabet", "U")
+    return [write_fasta(Path(out_dir) / "samples.fasta", decoded, rewards, alphabet=alphabet,
+                        reward_name=info.get("reward", "reward"), evaluation=info.get("evaluation"))]
 
 
 def _value_network(process):
@@ -107,6 +108,7 @@ DOMAIN = Domain(
     sample_columns=_sample_columns,
     metrics=_set_metrics,
     write_files=_write_files,
+    sample_column="sequence",
     extra={"install": "rna", "evaluation_reward": "mrl-eval", "oracle_env": ENV_VAR,
            "model_descriptions": MODEL_DESCRIPTIONS, "fasta_alphabets": ("U", "T"), "value_network": _value_network,
            # shipped SVDD-MC value networks, "<model>/<reward>" -> folder for svdd.values.load_value
