@@ -16,6 +16,19 @@ Notation (code → paper):
                      ``max``   λ·max_{s≤k} v̂_s     ``sum``  λ·Σ_{s≤k} v̂_s
                      at t = 0 every potential is λ·r(x0) − Σ_{s<K} log G_s along the lineage, so
                      the product over a lineage is always exp(λ·r(x0)) (the correct target)
+                     — but only ``diff`` reaches it in practice. ``max`` and ``sum`` tilt the
+                     intermediate targets by exp(λ·max v̂) / exp(λ·Σ v̂), far past p_α on a long
+                     horizon, and the final correction exp(λ·r − Σ log G) cannot bring the
+                     particles back (its weights collapse: final ESS 2–80 of P), so on long
+                     horizons they are not the tilted target at any particle count we could
+                     afford: the bias does not shrink from P = 256 to 16384. Measured on the
+                     Gaussian toy (``GaussianMixtureToy.default()``, r = x, α = 1, K = 20, PM value,
+                     resampling every step, weighted mean of x0 over 4 seeds; target: the 20-step
+                     model's tilted mean 1.18): diff 1.24 / 1.15 / 1.16 at P = 256 / 1024 / 4096;
+                     max 1.58 / 1.25 / 1.64, and 1.51 at P = 16384; sum 1.86 / 2.02 / 2.06, and
+                     1.97 at P = 16384 (``python scripts/fk_potentials.py --num-steps 20
+                     --particles 256 1024 4096 --seeds 4``). Treat them as FK steering's search
+                     heuristics, not as samplers of p_α.
   ``log_weights``    log w, accumulated across steps that do not resample (the FK code
                      overwrites them: issue #12), reset to uniform after a resample
   ``ess_threshold``  resample when ESS < ess_threshold·P; 1.0 = every step (the paper's SMC)

@@ -155,19 +155,27 @@ def from_diffusers(unet, scheduler, *, vae=None, encoder_hidden_states: Optional
                    negative_encoder_hidden_states: Optional[Tensor] = None, guidance_scale: float = 1.0,
                    eta: float = 1.0, sample_shape: Optional[Sequence[int]] = None,
                    clip_sample: Optional[float] = None, unet_kwargs: Optional[dict] = None,
-                   decode_batch_size: Optional[int] = None, device=None) -> DiffusersProcess:
+                   decode_batch_size: Optional[int] = None, device=None,
+                   use_clipped_model_output: Optional[bool] = None) -> DiffusersProcess:
     """Build a ``GaussianProcess`` from a diffusers UNet and scheduler.
 
     Parameters
     ----------
     unet : ``UNet2DModel`` / ``UNet2DConditionModel`` (or any module called ``unet(x, timestep, ...)``)
     scheduler : any diffusers scheduler with ``alphas_cumprod`` (DDPM, DDIM, PNDM, Euler, ...);
-        its ``prediction_type`` is used; ``clip_sample`` is used for pixel models when enabled
+        its ``prediction_type`` is used; for pixel models its ``clip_sample`` (range
+        ``clip_sample_range``) and ``thresholding`` (dynamic thresholding with
+        ``dynamic_thresholding_ratio``, ``sample_max_value``) are applied to x0_hat inside the step
+        as diffusers does
     vae : ``AutoencoderKL`` for latent diffusion (rewards then decode through it)
     encoder_hidden_states : prompt embeddings (1 or B, L, D) for conditional UNets
     negative_encoder_hidden_states, guidance_scale : classifier-free guidance
     eta : 1 = DDPM posterior (stochastic, what SVDD/SMC need), 0 = DDIM
     sample_shape : (C, H, W) of x_t; default from ``unet.config`` (latent size for latent UNets)
+    use_clipped_model_output : with clipping, whether the step's direction term uses ε̂ recomputed
+        from the clipped x0 (diffusers' DDPM step) or the network's own ε̂ (diffusers' DDIM
+        default). ``None``: as diffusers' pipelines do — True for a DDPM scheduler at ``eta = 1``
+        (``DDPMPipeline``), False otherwise (``DDIMPipeline``, ``DDIMScheduler.step``)
     """
     alphas_cumprod = getattr(scheduler, "alphas_cumprod", None)
     if alphas_cumprod is None:
@@ -176,6 +184,14 @@ def from_diffusers(unet, scheduler, *, vae=None, encoder_hidden_states: Optional
     prediction_type = _config_get(scheduler, "prediction_type", "epsilon") or "epsilon"
     if clip_sample is None and vae is None and _config_get(scheduler, "clip_sample", False):
         clip_sample = float(_config_get(scheduler, "clip_sample_range", 1.0) or 1.0)
+    thresholding = bool(vae is None and _config_get(scheduler, "thresholding", False))
+    threshold_options = {}
+    if thresholding:
+        threshold_options = {"thresholding": True,
+                             "dynamic_thresholding_ratio": float(_config_get(scheduler, "dynamic_thresholding_ratio", 0.995)),
+                             "sample_max_value": float(_config_get(scheduler, "sample_max_value", 1.0))}
+    if use_clipped_model_output is None:
+        use_clipped_model_output = type(scheduler).__name__.startswith("DDPM") and float(eta) == 1.0
     if getattr(getattr(unet, "config", None), "cross_attention_dim", None) is not None and encoder_hidden_states is None:
         raise ValueError("this UNet is text-conditioned: pass encoder_hidden_states= (prompt embeddings) or use "
                          "svdd.from_pipeline(pipe, prompt=...)")
@@ -197,7 +213,8 @@ def from_diffusers(unet, scheduler, *, vae=None, encoder_hidden_states: Optional
                                  guidance_scale=guidance_scale, unet_kwargs=unet_kwargs)
     return DiffusersProcess(denoiser, torch.as_tensor(alphas_cumprod).detach().cpu(), vae=vae,
                             decode_batch_size=decode_batch_size, prediction_type=prediction_type, eta=eta,
-                            clip_sample=clip_sample, sample_shape=sample_shape, device=device)
+                            clip_sample=clip_sample, sample_shape=sample_shape, device=device,
+                            use_clipped_model_output=bool(use_clipped_model_output), **threshold_options)
 
 
 def from_pipeline(pipe, prompt: Optional[str | list[str]] = None, *, negative_prompt: Optional[str] = None,

@@ -12,6 +12,15 @@ Reverse step ``t → s`` (DDIM, Song et al. 2021 eq. 12), with ``x0_hat`` and
 ``η = 1`` is exactly the DDPM posterior q(x_s | x_t, x0_hat) on any sub-grid; ``η = 0`` is
 deterministic DDIM. The last step (s = 0, ᾱ_s = 1) lands exactly on ``x0_hat``.
 
+Clipping (diffusers' ``clip_sample`` / ``thresholding``) belongs to the step, as in diffusers'
+schedulers: ``predict_x0`` is the network's own prediction and ``clip_x0`` clips it (to
+``[−clip_sample, clip_sample]``, or Imagen's dynamic thresholding: per sample, s = the
+``dynamic_thresholding_ratio`` quantile of |x0_hat| clamped to [1, ``sample_max_value``],
+x0 = clamp(x0_hat, −s, s)/s). The step uses the clipped x0 in its first term and keeps the
+network's ε̂ = (x_t − sqrt(ᾱ_t)·x0_hat)/sqrt(1 − ᾱ_t) in the direction term (diffusers' DDIM with
+``use_clipped_model_output=False``); ``use_clipped_model_output=True`` recomputes ε̂ from the
+clipped x0, which at η = 1 is diffusers' DDPM step (the posterior mean at the clipped x0).
+
 ``precision="bf16"`` runs the model under ``torch.autocast`` (``svdd.accelerator``); its output
 is cast back to the sample dtype (float32) before the formulas above. ᾱ is looked up in a copy
 of the table on the device of ``t``, so a step never moves ``t`` to the host.
@@ -71,7 +80,8 @@ class GaussianProcess(HasPrecision):
     def __init__(self, model: Callable, alphas_cumprod: Tensor | Sequence[float], prediction_type: str = "epsilon",
                  eta: float = 1.0, clip_sample: Optional[float] = None, *, sample_shape: Optional[Sequence[int]] = None,
                  device=None, dtype: torch.dtype = torch.float32, model_kwargs: Optional[dict] = None,
-                 precision: str = "fp32"):
+                 precision: str = "fp32", use_clipped_model_output: bool = False, thresholding: bool = False,
+                 dynamic_thresholding_ratio: float = 0.995, sample_max_value: float = 1.0):
         if prediction_type not in ("epsilon", "sample", "v_prediction"):
             raise ValueError(f"prediction_type must be 'epsilon', 'sample' or 'v_prediction', got {prediction_type!r}")
         if eta < 0:
@@ -83,6 +93,12 @@ class GaussianProcess(HasPrecision):
         self.prediction_type = prediction_type
         self.eta = float(eta)
         self.clip_sample = clip_sample
+        self.use_clipped_model_output = bool(use_clipped_model_output)
+        if thresholding and not (0 < float(dynamic_thresholding_ratio) <= 1 and float(sample_max_value) >= 1):
+            raise ValueError("dynamic thresholding needs 0 < dynamic_thresholding_ratio <= 1 and sample_max_value >= 1")
+        self.thresholding = bool(thresholding)
+        self.dynamic_thresholding_ratio = float(dynamic_thresholding_ratio)
+        self.sample_max_value = float(sample_max_value)
         self.sample_shape = tuple(sample_shape) if sample_shape is not None else None
         if device is None:
             try:
@@ -150,12 +166,23 @@ class GaussianProcess(HasPrecision):
             x0 = out
         else:  # v_prediction
             x0 = ab.sqrt() * x_t - (1 - ab).sqrt() * out
-        if self.clip_sample is not None:
-            x0 = x0.clamp(-self.clip_sample, self.clip_sample)
         return x0
 
     def predict_x0(self, x_t: Tensor, t: Tensor | float) -> Tensor:
+        """The network's x0 prediction (unclipped: the step clips it, see ``clip_x0``)."""
         return self.x0_from_output(self.model_output(x_t, t), x_t, t)
+
+    def clip_x0(self, x0: Tensor) -> Tensor:
+        """``x0`` as the step uses it: dynamic thresholding, else ``clip_sample``, else unchanged."""
+        if self.thresholding:
+            flat = x0.reshape(x0.shape[0], -1)
+            work = flat if flat.dtype in (torch.float32, torch.float64) else flat.float()
+            s = torch.quantile(work.abs(), self.dynamic_thresholding_ratio, dim=1)
+            s = s.clamp(min=1.0, max=self.sample_max_value)[:, None]
+            return (torch.clamp(work, -s, s) / s).to(x0.dtype).reshape(x0.shape)
+        if self.clip_sample is not None:
+            return x0.clamp(-self.clip_sample, self.clip_sample)
+        return x0
 
     def step_coefficients(self, t: Tensor | float, t_next: Tensor | float, eta: Optional[float] = None):
         """(sqrt(ᾱ_s), sqrt(1 − ᾱ_s − σ²), σ, sqrt(ᾱ_t), sqrt(1 − ᾱ_t)) for the DDIM step t → s."""
@@ -171,8 +198,9 @@ class GaussianProcess(HasPrecision):
         if x0_hat is None:
             x0_hat = self.predict_x0(x_t, t)
         a_s, dir_coef, sigma, a_t, s_t = (self._bcast(c, x_t) for c in self.step_coefficients(t, t_next, eta))
-        eps_hat = (x_t - a_t * x0_hat) / s_t.clamp_min(1e-12)
-        mean = a_s * x0_hat + dir_coef * eps_hat
+        x0_clean = self.clip_x0(x0_hat)
+        eps_hat = (x_t - a_t * (x0_clean if self.use_clipped_model_output else x0_hat)) / s_t.clamp_min(1e-12)
+        mean = a_s * x0_clean + dir_coef * eps_hat
         std = torch.as_tensor(sigma, dtype=x_t.dtype, device=x_t.device).flatten()
         if std.numel() == 1:
             std = std.expand(x_t.shape[0])

@@ -66,7 +66,8 @@ def elbo_proxy_bits_per_dim(process, x0: Tensor, *, num_timesteps: int = 16, see
         parts = []
         step = max_batch_size or B
         for i in range(0, B, step):
-            parts.append(process.predict_x0(x_t[i:i + step], t_dev[i:i + step]))
+            x0_part = process.predict_x0(x_t[i:i + step], t_dev[i:i + step])
+            parts.append(process.clip_x0(x0_part) if hasattr(process, "clip_x0") else x0_part)   # as the step uses it
         x0_hat = torch.cat(parts)
         sq = (x0 - x0_hat).double().flatten(1).pow(2).sum(1).cpu()
         total += (T - 1) * c.pow(2) * sq / (2 * var)
