@@ -34,6 +34,7 @@ import hashlib
 import inspect
 import itertools
 import json
+import math
 import os
 import platform
 import subprocess
@@ -213,7 +214,7 @@ def match_budget(algorithm: str, budget: dict, num_steps: int, params: Optional[
 SUITE_KEYS = {"name", "description", "hardware", "domain", "model", "model_options", "num_steps", "num_samples",
               "seeds", "alpha", "reward", "rewards", "eval_rewards", "budget", "budgets", "methods", "quick",
               "value_call_cost", "grad_pass_cost", "calibrate", "calibration_runs", "calibration_samples", "max_knob",
-              "max_batch_size", "tolerance", "notes", "reference", "sweep_kind", "reward_options"}
+              "max_batch_size", "tolerance", "notes", "reference", "sweep_kind", "reward_options", "process"}
 METHOD_KEYS = {"method", "label", "sweep", "value", "calibrate", "guide"}
 
 
@@ -249,9 +250,18 @@ def load_suite(suite, *, quick: bool = False) -> dict:
     unknown = set(data) - SUITE_KEYS
     if unknown:
         raise BenchError(f"unknown suite keys {sorted(unknown)}; allowed: {sorted(SUITE_KEYS)}")
+    if data.get("process") is not None:   # the user's own model, MODULE:FACTORY (svdd.plugins)
+        from .plugins import is_import_path
+
+        if not is_import_path(data["process"]):
+            raise BenchError(f"suite 'process: {data['process']}' is not an import path; write MODULE:FACTORY")
+        if data.get("model") not in (None, data["process"]):
+            raise BenchError("a suite gives 'process:' or 'model:', not both")
+        data["model"] = data["process"]
+        data.setdefault("domain", data["process"])
     for key in ("domain", "methods"):
         if key not in data:
-            raise BenchError(f"suite {data.get('name')!r} needs a '{key}:' entry")
+            raise BenchError(f"suite {data.get('name')!r} needs a '{key}:' entry (or 'process: MODULE:FACTORY')")
     data.setdefault("name", "suite")
     if "rewards" not in data:
         data["rewards"] = [data["reward"]] if data.get("reward") is not None else [None]
@@ -261,13 +271,18 @@ def load_suite(suite, *, quick: bool = False) -> dict:
     if "budgets" not in data:
         data["budgets"] = [data["budget"]] if data.get("budget") is not None else [None]
     data.pop("budget", None)
+    if not isinstance(data["budgets"], list) or not data["budgets"]:
+        raise BenchError(f"'budgets:' must be a non-empty list of mappings like {{nfe: 400}}, got {data['budgets']!r}")
     for b in data["budgets"]:
         if b is not None:
             if not isinstance(b, dict):
                 raise BenchError(f"a budget must be a mapping like {{nfe: 400}}, got {b!r}")
             _measure(b)
-    seeds = data.get("seeds", [0])
-    data["seeds"] = [int(s) for s in (seeds if isinstance(seeds, (list, tuple)) else range(int(seeds)))]
+            for key, v in b.items():
+                if v is not None and (not _is_number(v) or not math.isfinite(v) or v <= 0):
+                    raise BenchError(f"budget {b!r}: {key} must be a positive number, got {v!r}")
+    data["seeds"] = _seeds(data.get("seeds", [0]))
+    _check_suite_values(data)
     data.setdefault("num_samples", 64)
     data.setdefault("eval_rewards", [])
     data.setdefault("value_call_cost", 1.0)
@@ -284,6 +299,108 @@ def load_suite(suite, *, quick: bool = False) -> dict:
         norm.append(dict(m))
     data["methods"] = norm
     return data
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _seeds(seeds) -> list[int]:
+    """``seeds:`` is a count (``3`` -> 0, 1, 2) or a list of seeds, each an integer >= 0."""
+    hint = "write a count (seeds: 3) or a list of integer seeds (seeds: [0, 1, 2])"
+    if _is_int(seeds):
+        if seeds < 1:
+            raise BenchError(f"seeds: {seeds} runs nothing; {hint}")
+        return list(range(seeds))
+    if not isinstance(seeds, (list, tuple)) or not seeds:
+        raise BenchError(f"seeds: {seeds!r} is not a count or a list of seeds; {hint}")
+    bad = [s for s in seeds if not _is_int(s) or not 0 <= s < 2 ** 63]
+    if bad:
+        raise BenchError(f"seeds: {bad[0]!r} is not an integer seed >= 0; {hint}")
+    if len(set(seeds)) != len(seeds):
+        raise BenchError(f"seeds: {list(seeds)} repeats a seed; each seed runs once")
+    return [int(s) for s in seeds]
+
+
+def _check_suite_values(data: dict) -> None:
+    """Types and ranges of a suite's top-level numbers, options and reward specs (one line each)."""
+    from .checks import InputError, reward_terms_or_error
+
+    def positive_int(key, minimum=1):
+        v = data.get(key)
+        if v is not None and (not _is_int(v) or v < minimum):
+            raise BenchError(f"{key}: must be an integer >= {minimum}, got {v!r}")
+
+    def number(key, minimum=0.0, strict=False):
+        v = data.get(key)
+        if v is None:
+            return
+        if not _is_number(v) or not math.isfinite(v) or v < minimum or (strict and v == minimum):
+            raise BenchError(f"{key}: must be a number {'>' if strict else '>='} {minimum:g}, got {v!r}")
+
+    for key in ("num_samples", "num_steps", "calibration_runs", "calibration_samples", "max_knob"):
+        positive_int(key)
+    number("tolerance", strict=True)
+    number("alpha")
+    number("value_call_cost")
+    number("grad_pass_cost")
+    mbs = data.get("max_batch_size")
+    if mbs is not None and mbs != "auto" and (not _is_int(mbs) or mbs < 1):
+        raise BenchError(f"max_batch_size: must be an integer >= 1 or 'auto', got {mbs!r}")
+    for key in ("model_options", "reward_options"):
+        if data.get(key) is not None and not isinstance(data[key], dict):
+            raise BenchError(f"{key}: must be a mapping of option: value, got {data[key]!r}")
+    for key in ("domain", "model"):
+        if key in data and data[key] is not None and isinstance(data[key], (int, float, bool, list)):
+            raise BenchError(f"{key}: must be a name, got {data[key]!r}")
+    if not isinstance(data["rewards"], list) or not data["rewards"]:
+        raise BenchError(f"rewards: must be a non-empty list of reward specs, got {data['rewards']!r}")
+    evals = data.get("eval_rewards") or []
+    specs = list(data["rewards"]) + (sum(evals.values(), []) if isinstance(evals, dict) else list(evals))
+    for spec in specs:
+        if spec is None:
+            continue
+        try:
+            reward_terms_or_error(spec, flag="reward")
+        except InputError as err:
+            raise BenchError(str(err)) from None
+
+
+def check_reward_names(suite: dict, domain) -> None:
+    """Every reward a suite names (rewards, eval_rewards, guides) exists in ``domain``."""
+    from .checks import InputError, check_reward_names as check
+
+    evals = suite.get("eval_rewards") or []
+    specs = list(suite["rewards"]) + (sum(evals.values(), []) if isinstance(evals, dict) else list(evals))
+    for entry in suite["methods"]:
+        guide = entry.get("guide")
+        specs += list(guide.values()) if isinstance(guide, dict) else [guide]
+    for spec in specs:
+        if spec is None:
+            continue
+        try:
+            check(domain, spec, flag="reward")
+        except InputError as err:
+            raise BenchError(str(err)) from None
+
+
+def check_model_options(domain, model: str, options: Optional[dict]) -> None:
+    """``model_options`` name options the model's loader takes (when its signature says)."""
+    from .checks import loader_options
+
+    if not options or model not in domain.models:
+        return
+    known = loader_options(domain.models[model])
+    if known is None:
+        return
+    unknown = sorted(set(options) - known)
+    if unknown:
+        takes = f"it takes {sorted(known)}" if known else "it takes none"
+        raise BenchError(f"model_options: {domain.name} model {model!r} has no option {unknown[0]!r}; {takes}")
 
 
 def _accepts(fn: Callable, name: str, *, explicit: bool = False) -> bool:
@@ -313,6 +430,7 @@ def expand_methods(suite: dict) -> list[dict]:
         for k in params:
             if not _accepts(spec.fn, k):
                 raise BenchError(f"method {name!r} has no hyperparameter {k!r}; check the suite's methods entry")
+            _check_value(spec.fn, name, k, params[k])
         if suite.get("alpha") is not None and "alpha" not in params and _accepts(spec.fn, "alpha"):
             params["alpha"] = float(suite["alpha"])
         sweep = entry.get("sweep") or {}
@@ -323,6 +441,8 @@ def expand_methods(suite: dict) -> list[dict]:
                 raise BenchError(f"method {name!r} cannot sweep {k!r}: no such hyperparameter")
             if not isinstance(vals, list) or not vals:
                 raise BenchError(f"sweep values for {k!r} must be a non-empty list")
+            for v in vals:
+                _check_value(spec.fn, name, k, v)
         label = entry.get("label") or name
         keys = list(sweep)
         for combo in itertools.product(*[sweep[k] for k in keys]) if keys else [()]:
@@ -339,6 +459,17 @@ def expand_methods(suite: dict) -> list[dict]:
                         "knob_fixed": spec.budget_knob is not None and spec.budget_knob in p,
                         "knob": spec.budget_knob, "alpha_dependent": _accepts(spec.fn, "alpha") and "alpha" in p})
     return out
+
+
+def _check_value(fn: Callable, method: str, key: str, value) -> None:
+    from .checks import InputError, check_option
+
+    if key in ("process", "reward_fn", "generator", "callback", "num_samples", "num_steps", "value_fn"):
+        raise BenchError(f"method {method!r}: {key} is set by the runner, not by the suite; drop it")
+    try:
+        check_option(fn, key, value, label=f"method {method!r}: {key}")
+    except InputError as err:
+        raise BenchError(str(err)) from None
 
 
 def plan_cells(suite: dict) -> list[dict]:
@@ -406,22 +537,78 @@ def environment(device: str) -> dict:
             "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(), "platform": platform.platform()}
 
 
-def read_runs(path) -> list[dict]:
-    """All JSON lines of a ``runs.jsonl`` (a truncated last line from a killed run is ignored)."""
+_ROW_MAPPINGS = ("environment", "params", "predicted", "actual", "counters", "timings", "eval_rewards", "metrics",
+                 "notes", "info", "sweep")
+_ROW_OPTIONAL_MAPPINGS = ("budget", "value_training", "reference")
+
+
+def _row_problem(row) -> Optional[str]:
+    """Why a parsed ``runs.jsonl`` line is not a run written by ``run_suite`` (None if it is one)."""
+    if not isinstance(row, dict):
+        return f"is a JSON {type(row).__name__}, not a run record"
+    for key in ("status", "suite", "cell"):
+        if not isinstance(row.get(key), str):
+            return f"has no {key!r} text"
+    if row["status"] not in ("ok", "error", "unsupported"):
+        return f"has the unknown status {row['status']!r}"
+    if "seed" in row and not _is_int(row["seed"]):
+        return f"has a seed that is not an integer ({row['seed']!r})"
+    if row["status"] != "ok":
+        return None
+    for key in ("reward", "variant"):
+        if not isinstance(row.get(key), str):
+            return f"is an ok run without a {key!r} name"
+    rewards = row.get("rewards")
+    if not isinstance(rewards, list) or not all(_is_number(v) or v is None for v in rewards):
+        return "is an ok run whose 'rewards' is not a list of numbers"
+    if not isinstance(row.get("actual"), dict):
+        return "is an ok run without its 'actual' cost"
+    for key in _ROW_MAPPINGS:
+        if key in row and not isinstance(row[key], dict):
+            return f"has a {key!r} entry that is not a mapping"
+    for key in _ROW_OPTIONAL_MAPPINGS:
+        if row.get(key) is not None and not isinstance(row[key], dict):
+            return f"has a {key!r} entry that is not a mapping"
+    for name, vals in (row.get("eval_rewards") or {}).items():
+        if not isinstance(vals, list) or not all(_is_number(v) or v is None for v in vals):
+            return f"has eval_rewards[{name!r}] that is not a list of numbers"
+    return None
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text()
+    except UnicodeDecodeError as err:
+        raise BenchError(f"{path} is not text (undecodable byte at offset {err.start}); it was not written by "
+                         "`svdd bench` — move it away or choose another folder") from None
+    except IsADirectoryError:
+        raise BenchError(f"{path} is a folder, not the runs file `svdd bench` writes; move it away") from None
+
+
+def read_runs(path, *, strict: bool = False) -> list[dict]:
+    """All JSON lines of a ``runs.jsonl`` (a truncated last line from a killed run is ignored).
+    With ``strict`` a line that parses but is not a run record (another tool's line, a hand
+    edit) raises ``BenchError`` naming its line number."""
     path = Path(path)
-    if path.is_dir():
+    if path.is_dir() and path.name != "runs.jsonl":
         path = path / "runs.jsonl"
     if not path.exists():
         return []
     rows = []
-    for line in path.read_text().splitlines():
+    for number, line in enumerate(_read_text(path).splitlines(), 1):
         line = line.strip()
         if not line:
             continue
         try:
-            rows.append(json.loads(line))
+            row = json.loads(line)
         except json.JSONDecodeError:
             continue
+        if strict:
+            problem = _row_problem(row)
+            if problem:
+                raise BenchError(f"{path} line {number} {problem}, so it was not written by `svdd bench`; move "
+                                 "that line out of the file (or use another folder)")
+        rows.append(row)
     return rows
 
 
@@ -430,7 +617,7 @@ def _repair(path: Path) -> None:
     ``runs.jsonl.damaged`` (kept, never deleted) so new lines start on a fresh line."""
     if not path.exists():
         return
-    text = path.read_text()
+    text = _read_text(path)
     if not text or text.endswith("\n") and all(_parses(line) for line in text.splitlines() if line.strip()):
         return
     good, bad = [], []
@@ -573,8 +760,19 @@ class _Context:
         self.domain_name = self.domain.name
         self.model = suite.get("model") or self.domain.default_model
         self.num_steps = int(suite.get("num_steps") or self.domain.default_num_steps)
+        check_reward_names(suite, self.domain)
+        check_model_options(self.domain, self.model, suite.get("model_options"))
         self.process = self.domain.load_process(self.model, device=device, **(suite.get("model_options") or {}))
         self.kind = self.process.kind
+        from .checks import InputError, check_fits, sample_nbytes
+
+        nbytes = sample_nbytes(self.process)
+        try:
+            if nbytes:
+                check_fits(int(suite["num_samples"]), nbytes, device=device, what=f"num_samples: {suite['num_samples']}",
+                           fix="lower num_samples in the suite")
+        except InputError as err:
+            raise BenchError(str(err)) from None
         self.values: dict[str, tuple[Any, dict]] = {}
         self.calibration_path = out_dir / "calibration.json"
         self.calibrations = json.loads(self.calibration_path.read_text()) if self.calibration_path.exists() else {}
@@ -861,13 +1059,22 @@ def _save_calibrations(ctx) -> None:
 
 def run_suite(suite_path, out_dir, *, resume: bool = True, quick: bool = False, device: str = "cpu",
               progress: bool = True, only_rewards: Optional[list] = None,
-              only_methods: Optional[list] = None) -> Path:
+              only_methods: Optional[list] = None, outcome: Optional[dict] = None) -> Path:
     """Run every cell of a suite, appending one JSON line per run to ``out_dir/runs.jsonl``;
     with ``resume`` finished cells are skipped. ``only_rewards`` runs just those rewards' cells
     (the rest are left for another invocation, which may run at the same time on the same
     ``out_dir``: e.g. one process per reward on a multi-core machine); ``only_methods`` likewise
-    runs just those method rows (their labels). Returns the path of ``runs.jsonl``."""
+    runs just those method rows (their labels). Returns the path of ``runs.jsonl``.
+
+    A cell that fails is recorded with status ``error`` and the rest still run; pass a dict as
+    ``outcome`` to get ``{"cells": N, "failed": [(cell, error), ...]}`` of this invocation."""
     suite = load_suite(suite_path, quick=quick)
+    from .checks import check_device
+
+    try:
+        device = check_device(device, flag="device")
+    except ValueError as err:
+        raise BenchError(str(err)) from None
     if only_rewards:
         unknown = [r for r in only_rewards if r not in suite["rewards"]]
         if unknown:
@@ -891,19 +1098,20 @@ def run_suite(suite_path, out_dir, *, resume: bool = True, quick: bool = False, 
             raise
     try:
         return _run_suite_locked(suite, suite_path, out, resume=resume, quick=quick, device=device, progress=progress,
-                                 only_rewards=only_rewards, only_methods=only_methods)
+                                 only_rewards=only_rewards, only_methods=only_methods,
+                                 outcome=outcome if outcome is not None else {})
     finally:
         for lock in locks:
             lock.release()
 
 
 def _run_suite_locked(suite, suite_path, out: Path, *, resume, quick, device, progress, only_rewards,
-                      only_methods) -> Path:
+                      only_methods, outcome: dict) -> Path:
     from .runfolder import check_no_symlink
 
     runs_path = check_no_symlink(out / "runs.jsonl", out)
     _repair(runs_path)
-    previous = read_runs(runs_path)
+    previous = read_runs(runs_path, strict=True)
     if previous and not resume:
         raise BenchError(f"{str(runs_path)!r} already has {len(previous)} runs; pass --resume to continue it "
                          f"or choose another --out")
@@ -923,6 +1131,7 @@ def _run_suite_locked(suite, suite_path, out: Path, *, resume, quick, device, pr
                              f"{', '.join(sorted(labels))}")
         cells = [c for c in cells if c["variant"]["label"] in only_methods]
     todo = [c for c in cells if c["cell"] not in done]
+    outcome.update({"cells": len(cells), "todo": len(todo), "failed": []})
     # the resolved suite, for the report and for anyone re-running it
     _write_suite_copy(out, suite, suite_path, quick)
     if not todo:
@@ -976,9 +1185,12 @@ def _run_suite_locked(suite, suite_path, out: Path, *, resume, quick, device, pr
                     _close_reward(r_eval)
             metrics_s = time.perf_counter() - t1
         except (BenchError, KeyboardInterrupt):
+            if bar is not None:
+                bar.close()
             raise
         except Exception as err:
             _append(runs_path, {**base, "status": "error", "error": f"{type(err).__name__}: {err}"})
+            outcome["failed"].append((cell["cell"], f"{type(err).__name__}: {' '.join(str(err).split())[:200]}"))
             if bar is not None:
                 bar.update(1)
             continue

@@ -454,8 +454,14 @@ def _check_out(text: Optional[str], flag: str = "--out", *, folder: bool = True)
         if parent.exists() or parent.is_symlink():
             if not parent.is_dir():
                 raise UserError(f"{flag} {path}: {parent} is a file, not a folder; choose another {flag}")
-            if not path.exists() and not os.access(parent, os.W_OK | os.X_OK):
-                raise UserError(f"{flag} {path}: cannot create it, {parent} is not writable; choose another {flag}")
+            if not path.exists():   # can anything be created there? (probe, removed at once)
+                import tempfile
+
+                try:
+                    os.rmdir(tempfile.mkdtemp(prefix=".svdd-probe-", dir=parent))
+                except OSError as err:
+                    raise UserError(f"{flag} {path}: cannot create it in {parent} ({err.strerror or err}); "
+                                    f"choose another {flag}") from None
             break
 
 
@@ -552,7 +558,7 @@ def _validate_sample_args(args):
                fix="draw fewer samples per run")
     if args.num_steps is not None:
         check_fits(args.num_steps + 1, 8, device="cpu", what=f"--num-steps {args.num_steps}",
-                   fix="use fewer denoising steps")
+                   fix="use fewer denoising steps", of="its time grid alone")
     return spec
 
 
@@ -822,19 +828,51 @@ def cmd_fit_value(args) -> int:
     return 0
 
 
+_NOT_OPTIONS = ("process", "reward_fn", "generator", "callback", "num_samples", "num_steps", "value_fn")
+
+
+def method_options(spec) -> list[tuple[str, Any]]:
+    """``(option, default)`` of an algorithm: its keyword parameters (``--set KEY=VALUE``), with the
+    registry's defaults applied; ``num_samples``, ``num_steps`` and the callables are not options."""
+    out = []
+    for name, p in inspect.signature(spec.fn).parameters.items():
+        if name in _NOT_OPTIONS or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            continue
+        default = spec.defaults.get(name, p.default)
+        out.append((name, "required" if default is inspect.Parameter.empty else default))
+    return out
+
+
+def describe_method(spec, verbose: bool = False) -> str:
+    kinds = ",".join(sorted(spec.kinds))
+    grad = " (differentiable reward)" if spec.needs_gradients else ""
+    line = f"{spec.name:<20} [{kinds}]{grad} {spec.description}"
+    if not verbose:
+        return line
+    needs = [f"process kind: {' or '.join(sorted(spec.kinds))}"]
+    needs.append("a differentiable reward (reward.differentiable = True)" if spec.needs_gradients
+                 else "any reward (black box)")
+    if spec.needs_value:
+        needs.append("a value (--value DIR from `svdd fit-value`, or MODULE:FACTORY)")
+    if spec.budget_knob:
+        needs.append(f"budget knob: {spec.budget_knob}")
+    opts = "  ".join(f"{k}={v!r}" for k, v in method_options(spec))
+    return f"{line}\n    needs: {'; '.join(needs)}\n    options (--set KEY=VALUE): {opts or '-'}"
+
+
 def cmd_list(args) -> int:
     what = args.what
     if what == "methods":
         for name, spec in sorted(ALGORITHMS.items()):
-            kinds = ",".join(sorted(spec.kinds))
-            grad = " (differentiable reward)" if spec.needs_gradients else ""
-            print(f"{name:<20} [{kinds}]{grad} {spec.description}")
+            print(describe_method(spec, verbose=getattr(args, "verbose", False)))
         return 0
     if args.domain is not None:          # a domain asked for by name must exist and load
         if not args.domain.strip():
             raise UserError("--domain is empty; run `svdd list domains` to see them")
         get_domain(args.domain)
-    names = [args.domain] if args.domain else sorted(DOMAIN_MODULES)
+    from .domains import available_domains
+
+    names = [args.domain] if args.domain else available_domains()
     for name in names:
         try:
             domain = get_domain(name)
@@ -882,8 +920,10 @@ def cmd_report(args) -> int:
         raise UserError(f"no run directory {args.run_dir}; run `svdd bench SUITE --out DIR` first")
     if not Path(args.run_dir).is_dir():
         raise UserError(f"{args.run_dir} is a file; give the folder that `svdd bench SUITE --out DIR` wrote")
-    if args.output is not None and not str(args.output).strip():
-        raise UserError("--output is empty; give a folder or a file ending in .md")
+    if args.output is not None:
+        if not str(args.output).strip():
+            raise UserError("--output is empty; give a folder or a file ending in .md")
+        _check_out(args.output, "--output", folder=Path(args.output).suffix.lower() != ".md")
     md_path, fig_dir = report_paths(args.run_dir, args.output)
     if md_path.exists() and md_path.is_dir():
         raise UserError(f"--output {args.output}: {md_path} is a folder; give a folder or a file ending in .md")
@@ -942,7 +982,9 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--guidance-scale", type=float, default=None, help="classifier-free guidance scale (--diffusers)")
         sp.add_argument("--quiet", action="store_true", help="no progress bars or tables")
 
-    s = sub.add_parser("sample", help="draw reward-aligned samples and write a run folder")
+    s = sub.add_parser("sample", help="draw reward-aligned samples and write a run folder",
+                       epilog="`svdd sample --method NAME --help` adds that method's options")
+    p.sample_parser = s
     common(s)
     s.add_argument("--method", default="svdd-pm", help="algorithm (svdd list methods)")
     s.add_argument("--num-samples", type=int, default=64)
@@ -990,6 +1032,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     ls = sub.add_parser("list", help="list methods, domains, models or rewards")
     ls.add_argument("what", choices=["methods", "domains", "models", "rewards"])
+    ls.add_argument("-v", "--verbose", action="store_true", help="methods: options, defaults and what each needs")
     ls.add_argument("--domain", default=None)
     ls.set_defaults(func=cmd_list)
 
@@ -1047,8 +1090,28 @@ def _out_of_memory(err: BaseException) -> bool:
             or "can't allocate memory" in text or "CUDA out of memory" in text)
 
 
+def _method_help(parser, argv: Optional[list[str]]) -> None:
+    """``svdd sample --method X --help`` ends with X's own options and what it needs."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "sample" not in argv or not ({"-h", "--help"} & set(argv)):
+        return
+    method = None
+    for i, item in enumerate(argv):
+        if item == "--method" and i + 1 < len(argv):
+            method = argv[i + 1]
+        elif item.startswith("--method="):
+            method = item.partition("=")[2]
+    if method is None or method not in ALGORITHMS:
+        return
+    sample = getattr(parser, "sample_parser", None)
+    if sample is not None:
+        sample.formatter_class = argparse.RawDescriptionHelpFormatter
+        sample.epilog = f"method {method}:\n" + describe_method(ALGORITHMS[method], verbose=True)
+
+
 def _run(argv: Optional[list[str]]) -> int:
     parser = build_parser()
+    _method_help(parser, argv)
     try:
         args = parser.parse_args(argv)
     except SystemExit as exit_:        # argparse: --help, --version, a usage error (already printed)

@@ -22,13 +22,15 @@ import inspect
 import os
 import re
 import sys
-from typing import Any, Callable, Optional
+from typing import Any, Callable
+
+from .domains.base import DomainError
 
 IMPORT_PATH = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 ENTRY_POINT_GROUP = "svdd.domains"
 
 
-class PluginError(ValueError):
+class PluginError(DomainError):
     """A user import path cannot be loaded (one line, says what to do)."""
 
 
@@ -139,7 +141,7 @@ def entry_point_domains() -> dict[str, Any]:
 
 
 def load_entry_point_domain(name: str, ep) -> Any:
-    from .domains.base import Domain, DomainError
+    from .domains.base import Domain
 
     try:
         obj = ep.load()
