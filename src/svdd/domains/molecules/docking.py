@@ -5,7 +5,8 @@ molecule docked into a prepared receptor; invalid molecules and failed or timed-
 get NaN, which the library maps to the invalid value 0 (as the SVDD paper).
 
 Pipeline per ligand: Open Babel (``obabel -p 7.4``) protonation -> RDKit ETKDG 3D embedding (seeded) +
-MMFF -> meeko PDBQT -> ``Vina.dock(exhaustiveness, n_poses=1)``. Receptors and boxes are
+MMFF -> meeko PDBQT -> ``Vina.dock(exhaustiveness, n_poses=1)`` with a fixed Vina seed (never Vina's
+"random" 0), so a molecule gets the same score and pose in any process, batch or order. Receptors and boxes are
 dockstring's 58 prepared targets (``dockstring/resources/targets/<T>_target.pdbqt`` and
 ``<T>_conf.txt``), read from an installed ``dockstring`` (never imported) or from its wheel
 fetched with ``pip download --no-deps --only-binary=:all: dockstring==0.3.4`` into the cache
@@ -181,6 +182,14 @@ def _pose_molblock(pose_pdbqt: str) -> str:
     return Chem.MolToMolBlock(mols[0]) if mols and mols[0] is not None else ""
 
 
+def vina_seed(seed: int) -> int:
+    """Vina's seed for our ``seed``: never 0, which Vina reads as "pick a random seed" (the same
+    molecule then scored differently in every worker process, so a run's result depended on which
+    process docked it). Vina reseeds every ``dock`` call, so a molecule's result is independent of
+    what its worker docked before."""
+    return seed + 1 if seed >= 0 else seed
+
+
 def _worker_main(receptor: str, center, size, exhaustiveness: int, seed: int, tasks, results, wid: int = 0) -> None:
     import logging
 
@@ -190,7 +199,7 @@ def _worker_main(receptor: str, center, size, exhaustiveness: int, seed: int, ta
 
     RDLogger.DisableLog("rdApp.*")                      # UFF typing notes on exotic valences are noise here
     logging.getLogger("rdkit").setLevel(logging.CRITICAL)
-    v = vina.Vina(sf_name="vina", cpu=1, seed=seed, verbosity=0)
+    v = vina.Vina(sf_name="vina", cpu=1, seed=vina_seed(seed), verbosity=0)
     v.set_receptor(receptor)
     v.compute_vina_maps(center=center, box_size=size)
     results.put(("ready", wid, None, None))
@@ -357,7 +366,8 @@ class DockingReward:
         self.num_workers = num_workers
         self.timeout_s = float(timeout_s)
         self.seed = int(seed)
-        self.key = f"vina1.2|{self.target}|ex{self.exhaustiveness}|seed{self.seed}|n_poses1"
+        # 'vseed': Vina's own seed (vina_seed); results under older keys used a random Vina seed
+        self.key = f"vina1.2|{self.target}|ex{self.exhaustiveness}|seed{self.seed}|vseed{vina_seed(self.seed)}|n_poses1"
         self.cache = DockingCache(cache_path) if cache else None
         self.memory: dict[str, tuple] = {}  # canonical SMILES -> (score, pose, error)
         self.dockings = 0  # ligands actually docked (cache misses)
