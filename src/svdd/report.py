@@ -101,10 +101,11 @@ def _ci(est, lo, hi) -> str:
     return f"{_fmt(est)} [{_fmt(lo)}, {_fmt(hi)}]"
 
 
-def _method_key(row_or_name) -> tuple:
-    name = row_or_name if isinstance(row_or_name, str) else row_or_name
+def _method_key(name: str) -> tuple:
+    """Shipped methods in their usual order, then the rest; variants in natural order
+    ('scale=3' before 'scale=10')."""
     base = name.split("[")[0]
-    return (_METHOD_ORDER.index(base) if base in _METHOD_ORDER else len(_METHOD_ORDER), name)
+    return (_METHOD_ORDER.index(base) if base in _METHOD_ORDER else len(_METHOD_ORDER), _natural(name))
 
 
 def _budget_label(budget: Optional[dict]) -> str:
@@ -262,10 +263,12 @@ def _table_md(groups: list[_Group], budget, amortised: dict, tolerance: float) -
             cells.append(_fmt(float(np.mean(x))) if x.size else "–")
         if base_med is not None:
             cells.append("–" if g is base else f"{med[0] - base_med:+.3g}")
-        ev_meds, ev_tops = [], []
+        ev_meds, ev_tops, ev_stats, ev_values = [], [], {}, {}
         for e in eval_names:
             ex = g.eval_rewards(e)
-            ev_meds.append(_ci(*bootstrap_ci(ex, 0.5, seed=2)) if ex.size else "–")
+            if ex.size:
+                ev_stats[e], ev_values[e] = bootstrap_ci(ex, 0.5, seed=2), ex
+            ev_meds.append(_ci(*ev_stats[e]) if ex.size else "–")
             ev_tops.append(_fmt(float(np.quantile(ex, 0.9))) if ex.size else "–")
         cells += ev_meds + ev_tops
         for m in metric_names:
@@ -299,7 +302,8 @@ def _table_md(groups: list[_Group], budget, amortised: dict, tolerance: float) -
                           "median": med, "top10": top, "cost": cost, "nfe": nfe, "rewards": x,
                           "mean": float(np.mean(x)) if x.size else math.nan, "reference": r0.get("reference"),
                           "metrics": {m: g.mean_of(lambda r, m=m: (r.get("metrics") or {}).get(m))[0]
-                                      for m in metric_names}, "alpha": r0.get("alpha"), "sweep": r0.get("sweep")})
+                                      for m in metric_names}, "alpha": r0.get("alpha"), "sweep": r0.get("sweep"),
+                          "eval": ev_stats, "eval_rewards": ev_values})
     for ref in _reference_rows(groups):
         cells = [f"*{ref['label']}*", _fmt(ref.get("alpha")) if ref["key"] == "target" else "–", "–", "–",
                  _fmt(ref["median"]), _fmt(ref["top10"]), "–"]
@@ -350,7 +354,87 @@ def _paper_md(key: str, summaries: list[dict]) -> str:
 
 # ------------------------------------------------------------------------------------------------
 # figures
+#
+# Every figure stands on its own: the suite, the reward and the statistic are in the title;
+# every method has its own (colour, marker) pair, the same in every figure of a report
+# (``method_styles``); points of several methods at one budget are spread sideways by a few
+# per cent of a decade (``dodge_factors``) and each is labelled; log axes carry at least two
+# labelled ticks (``log_ticks``); legends sit outside the axes. Suites whose runs carry an
+# evaluation oracle (``eval_rewards``: DNA, RNA, images) get a panel for it beside the
+# guidance reward and a figure of guidance vs oracle medians.
 # ------------------------------------------------------------------------------------------------
+# tab10 followed by dark, saturated colours far from it (no pale ones: they vanish on white);
+# black and grey are kept for the reference lines.
+PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#bcbd22", "#17becf",
+           "#000075", "#800000", "#469990", "#f032e6", "#b8860b", "#3cb44b", "#4363d8"]
+MARKERS = ["o", "s", "^", "D", "v", "P", "X", "<", ">", "p", "h"]    # 11 is coprime with 16: 176 distinct pairs
+
+
+def method_styles(names) -> dict[str, tuple[str, str]]:
+    """name -> (colour, marker), distinct for up to 165 names. The shipped methods keep one
+    slot each (the same style in every report); other names (sweep variants, custom methods)
+    take the slots after them in natural order."""
+    names = sorted(set(names), key=_method_key)
+    slots, used = {}, set()
+    for n in names:
+        if n in _METHOD_ORDER:
+            slots[n] = _METHOD_ORDER.index(n)
+            used.add(slots[n])
+    free = (i for i in range(len(_METHOD_ORDER), 10 ** 6))
+    for n in names:
+        if n not in slots:
+            slots[n] = next(free)
+    return {n: (PALETTE[i % len(PALETTE)], MARKERS[i % len(MARKERS)]) for n, i in slots.items()}
+
+
+def dodge_factors(points: dict, *, y_tol: float = 0.0, step: float = 0.025, tol: float = 0.02) -> dict:
+    """name -> multiplicative x offset on a log axis, for points {name: (x, y)} (or {name: x}).
+
+    Points within ``tol`` decades in x and ``y_tol`` in y would hide each other; each such point
+    takes the slot nearest the true x (0, +1, -1, +2, ...) that no overlapping point already
+    holds, slots ``step`` decades apart, in the order of ``points``. Points that do not overlap
+    stay where they are."""
+    items = []
+    for n, p in points.items():
+        x, y = (p if isinstance(p, (tuple, list)) else (p, 0.0))
+        if x and x > 0 and math.isfinite(x):
+            items.append((n, math.log10(x), float(y) if y is not None and math.isfinite(y) else 0.0))
+    placed: list[tuple] = []            # (log x, y, slot)
+    out = {}
+    for n, lx, y in items:
+        near = {slot for px, py, slot in placed if abs(px - lx) <= tol and abs(py - y) <= y_tol}
+        slot = next(k for k in (0, *(v for i in range(1, len(items) + 1) for v in (i, -i))) if k not in near)
+        placed.append((lx, y, slot))
+        out[n] = 10 ** (slot * step)
+    return out
+
+
+def log_ticks(lo: float, hi: float) -> list[float]:
+    """At least two readable ticks in [lo, hi] (lo > 0): powers of ten, else 1-2-5, else
+    1..9 per decade, else three log-spaced values rounded to the fewest digits that keep them
+    apart."""
+    if not (lo > 0 and hi > lo):
+        return [lo] if lo > 0 else []
+    k0, k1 = math.floor(math.log10(lo)), math.ceil(math.log10(hi))
+
+    def ticks(subs):
+        return [m * 10.0 ** k for k in range(k0, k1 + 1) for m in subs if lo <= m * 10.0 ** k <= hi * (1 + 1e-9)]
+
+    for subs, enough in (((1,), 3), ((1, 2, 5), 2), ((1, 2, 3, 4, 5, 6, 7, 8, 9), 2)):
+        t = ticks(subs)
+        if len(t) >= enough and len(t) <= 12:
+            return t
+    t = ticks((1,))
+    if len(t) >= 2:
+        return t
+    inner = np.geomspace(lo, hi, 5)[1:4]
+    for digits in range(2, 12):                   # the fewest digits that keep 3 distinct ticks inside
+        t = sorted({float(f"{v:.{digits}g}") for v in inner})
+        if len(t) == 3 and lo <= t[0] and t[-1] <= hi:
+            return t
+    return [float(v) for v in inner]
+
+
 def _plt():
     import matplotlib
 
@@ -360,12 +444,25 @@ def _plt():
     return plt
 
 
-def _log_x(ax) -> None:
-    from matplotlib.ticker import FuncFormatter, NullFormatter
+def _log_axis(ax, values, axis: str = "x", *, pad: float = 0.08, right_room: float = 0.0, ticks=None) -> None:
+    """Log scale with limits around ``values`` (decades of padding) and ``ticks`` (default
+    ``log_ticks`` of the limits)."""
+    from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, NullFormatter
 
-    ax.set_xscale("log")
-    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-    ax.xaxis.set_minor_formatter(NullFormatter())
+    v = np.asarray([x for x in values if x and x > 0 and np.isfinite(x)], dtype=float)
+    if not v.size:
+        return
+    llo, lhi = math.log10(v.min()), math.log10(v.max())
+    span = max(lhi - llo, 0.3)
+    lo, hi = 10 ** (llo - pad * span - (0.1 if lhi == llo else 0)), 10 ** (lhi + pad * span + right_room * span
+                                                                           + (0.1 if lhi == llo else 0))
+    getattr(ax, f"set_{axis}scale")("log")
+    getattr(ax, f"set_{axis}lim")(lo, hi)
+    a = ax.xaxis if axis == "x" else ax.yaxis
+    a.set_major_locator(FixedLocator(list(ticks) if ticks is not None else log_ticks(lo, hi)))
+    a.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}"))
+    a.set_minor_locator(LogLocator(base=10, subs=tuple(range(2, 10))))
+    a.set_minor_formatter(NullFormatter())
 
 
 def _safe(name: str) -> str:
@@ -374,110 +471,326 @@ def _safe(name: str) -> str:
 
 def _save_figure(fig, path: Path) -> None:
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
+        fig.savefig(tmp, dpi=110, format="png", bbox_inches="tight")
 
 
-def _figures(reward: str, tables: list[tuple], fig_dir: Path, refs: list[dict]) -> list[tuple[str, Path]]:
+def _label_points(ax, items, fontsize: float = 7.0, obstacles=()) -> None:
+    """Label points [(x, y, text, colour)] so that no label covers another label or a point:
+    each label tries spots right / left of its point, then further above and below (with a
+    thin leader line), and takes the first free one (the least covered one when none is).
+    ``obstacles``: more (x, y) points to keep clear. Call after the layout is final."""
+    if not items:
+        return
+    fig = ax.figure
+    fig.canvas.draw()
+    to_px = ax.transData.transform
+    box = ax.get_window_extent()
+    k = fig.dpi / 72.0
+    h, gap, r = 1.2 * fontsize * k, 4.0 * k, 4.0 * k
+    pts = [to_px((x, y)) for x, y, *_ in items if np.isfinite(x) and np.isfinite(y)]
+    pts += [to_px(p) for p in obstacles if np.all(np.isfinite(p))]
+    rects = [(px - r, py - r, px + r, py + r) for px, py in pts]      # markers, then placed labels
+
+    def covered(rc):
+        a = 0.0
+        for q in rects:
+            w = min(rc[2], q[2]) - max(rc[0], q[0])
+            hh = min(rc[3], q[3]) - max(rc[1], q[1])
+            if w > 0 and hh > 0:
+                a += w * hh
+        out = max(box.x0 - rc[0], 0) + max(rc[2] - box.x1, 0) + max(box.y0 - rc[1], 0) + max(rc[3] - box.y1, 0)
+        return a + 50 * h * out
+
+    order = sorted(range(len(items)), key=lambda i: -items[i][1] if np.isfinite(items[i][1]) else 0)
+    for i in order:
+        x, y, text, colour = items[i]
+        if not (np.isfinite(x) and np.isfinite(y)):
+            continue
+        px, py = to_px((x, y))
+        w = 0.6 * fontsize * k * len(text)
+        best = None
+        for lift in (0, 1, -1, 2, -2, 3, -3, 4, -4):
+            for side in (1, -1):
+                lx = px + gap if side > 0 else px - gap - w
+                ly = py + lift * h
+                rc = (lx, ly - h / 2, lx + w, ly + h / 2)
+                c = covered(rc)
+                if best is None or c < best[0] - 1e-9:
+                    best = (c, lx, ly, rc, lift)
+                if c == 0:
+                    break
+            if best[0] == 0:
+                break
+        c, lx, ly, rc, lift = best
+        rects.append(rc)
+        ax.annotate(text, (x, y), xytext=((lx - px) / k, (ly - py) / k), textcoords="offset points",
+                    fontsize=fontsize, color=colour, ha="left", va="center", zorder=5,
+                    bbox={"boxstyle": "square,pad=0.05", "fc": "white", "ec": "none", "alpha": 0.8},
+                    arrowprops={"arrowstyle": "-", "lw": 0.5, "color": colour, "alpha": 0.7, "shrinkA": 0,
+                                "shrinkB": 3} if lift else None)
+
+
+def _legend_outside(fig, handles, labels) -> None:
+    if handles:
+        fig.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.0, 0.92), fontsize=7.5, frameon=False,
+                   borderaxespad=0.0)
+
+
+def _ref_lines(ax, refs) -> None:
+    for ref in refs:
+        ax.axhline(ref["median"], ls="--" if ref["key"] == "target" else ":",
+                   color="k" if ref["key"] == "target" else "gray", lw=1, label=ref["label"] + " (median)")
+
+
+def _scores(summaries) -> list[tuple[str, str]]:
+    """[(key, title)]: the guidance reward, then each evaluation oracle the runs carry."""
+    evals = list(OrderedDict((e, None) for s in summaries for e in (s.get("eval") or {})))
+    return [("reward", None)] + [(e, e) for e in evals]
+
+
+def _stat(s, key):
+    """(median, lo, hi) of the guidance reward (key 'reward') or of an evaluation oracle."""
+    return s["median"] if key == "reward" else (s.get("eval") or {}).get(key)
+
+
+def _panel_title(key, reward) -> str:
+    return (f"guidance reward `{reward}`" if key == "reward"
+            else f"evaluation oracle `{key}` (held out, same samples)")
+
+
+def _dedupe_legend(axes):
+    seen = OrderedDict()
+    for ax in axes:
+        for hd, lb in zip(*ax.get_legend_handles_labels()):
+            if lb not in seen and not lb.startswith("_"):
+                seen[lb] = hd
+    return list(seen.values()), list(seen)
+
+
+def _figures(reward: str, tables: list[tuple], fig_dir: Path, refs: list[dict], *, suite: str = "",
+             styles: Optional[dict] = None) -> list[tuple[str, Path]]:
     """tables: [(budget, summaries)] for one reward -> [(caption, path)]."""
     plt = _plt()
     fig_dir.mkdir(parents=True, exist_ok=True)
+    styles = styles or method_styles(s["variant"] for _, ss in tables for s in ss)
+    head = f"{suite} — " if suite else ""
     out = []
-    # 1. reward vs cost per method (log x), median with 95 % CI, one line per variant
+    budget, last = tables[-1]
+    last = sorted(last, key=lambda s: _method_key(s["variant"]))
+    scores = _scores([s for _, ss in tables for s in ss])
+    n_panels = len(scores)
+
+    # 1. median reward (95 % CI) vs cost per sample, one panel per score
     curves: dict[str, list] = defaultdict(list)
-    for _, summaries in tables:
+    for bi, (_, summaries) in enumerate(tables):
         for s in summaries:
-            if s["cost"] and np.isfinite(s["cost"]):
-                curves[s["variant"]].append((s["cost"], *s["median"]))
+            if s["cost"] and np.isfinite(s["cost"]) and s["cost"] > 0:
+                curves[s["variant"]].append((bi, s))
     if curves:
-        fig, ax = plt.subplots(figsize=(6.4, 4.2))
-        for variant in sorted(curves, key=_method_key):
-            pts = sorted(set(curves[variant]))
-            xs, ys, lo, hi = (np.array(v) for v in zip(*pts))
-            ax.errorbar(xs, ys, yerr=[ys - lo, hi - ys], marker="o", capsize=3, label=variant)
-        for ref in refs:
-            ax.axhline(ref["median"], ls="--" if ref["key"] == "target" else ":", color="k" if ref["key"] == "target" else "gray",
-                       lw=1, label=ref["label"] + " (median)")
-        _log_x(ax)
-        ax.set_xlabel("cost per final sample (nfe + value calls, log scale)")
-        ax.set_ylabel(f"median reward ({reward})")
-        ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=7, loc="best")
+        fig, axes = plt.subplots(1, n_panels, figsize=(5.6 * n_panels, 4.4), squeeze=False)
+        axes = axes[0]
+        variants = sorted(curves, key=_method_key)
+        # one dodge per budget and score: methods that would hide each other are spread apart
+        ys_all = [st[0] for v in variants for _, s in curves[v] for key, _ in scores
+                  for st in [_stat(s, key)] if st is not None and np.isfinite(st[0])]
+        y_tol = 0.04 * (max(ys_all) - min(ys_all)) if ys_all else 0.0
+        dodge: dict = {}
+        for key, _ in scores:
+            by_budget: dict = defaultdict(dict)
+            for v in variants:
+                for bi, s in curves[v]:
+                    st = _stat(s, key)
+                    by_budget[bi][v] = (s["cost"], st[0] if st is not None else None)
+            for bi, pts in by_budget.items():
+                for v, f in dodge_factors(pts, y_tol=y_tol).items():
+                    dodge[(key, v, bi)] = f
+        all_x = [s["cost"] * f for (_, v, bi), f in dodge.items() for b2, s in curves[v] if b2 == bi]
+        pending = []
+        for ax, (key, _) in zip(axes, scores):
+            labels = []
+            for v in variants:
+                pts = [(s["cost"] * dodge.get((key, v, bi), 1.0), _stat(s, key)) for bi, s in curves[v]]
+                pts = sorted({(x, tuple(st)) for x, st in pts if st is not None and np.isfinite(st[0])})
+                if not pts:
+                    continue
+                xs = np.array([p[0] for p in pts])
+                ys, lo, hi = (np.array(c, dtype=float) for c in zip(*[p[1] for p in pts]))
+                colour, marker = styles[v]
+                ax.errorbar(xs, ys, yerr=[np.maximum(ys - lo, 0), np.maximum(hi - ys, 0)], marker=marker,
+                            color=colour, capsize=2.5, ms=5, lw=1.2, elinewidth=0.9, label=v)
+                labels.append((xs[-1], ys[-1], v, colour))      # each line named at its last point
+            if key == "reward":
+                _ref_lines(ax, refs)
+            _log_axis(ax, all_x, right_room=0.25)
+            ax.set_xlabel("cost per final sample (nfe + value calls; log scale)")
+            ax.set_ylabel(f"median {'reward' if key == 'reward' else 'oracle score'} "
+                          f"({reward if key == 'reward' else key}), 95 % CI")
+            ax.set_title(_panel_title(key, reward), fontsize=9)
+            ax.grid(alpha=0.3, which="major")
+            ax.grid(alpha=0.12, which="minor")
+            pending.append((ax, labels))
+        fig.suptitle(f"{head}median reward vs cost per sample (points that would overlap are spread sideways)",
+                     fontsize=10)
         fig.tight_layout()
+        for ax, labels in pending:
+            _label_points(ax, labels)
+        _legend_outside(fig, *_dedupe_legend(axes))
         path = fig_dir / f"{_safe(reward)}_reward_vs_cost.png"
         _save_figure(fig, path)
         plt.close(fig)
-        out.append((f"{reward}: median reward (95 % CI) vs cost per sample", path))
-    # 2. reward distributions at the largest budget
-    budget, summaries = tables[-1]
-    data = [(s["variant"], s["rewards"][np.isfinite(s["rewards"])]) for s in sorted(summaries, key=lambda s: _method_key(s["variant"]))]
-    data = [(v, x) for v, x in data if x.size]
-    if data:
-        fig, ax = plt.subplots(figsize=(max(5.0, 0.9 * len(data) + 2), 4.2))
-        ax.boxplot([x for _, x in data], showfliers=True, flierprops={"markersize": 2})
-        ax.set_xticks(range(1, len(data) + 1), [v for v, _ in data], rotation=30, ha="right", fontsize=8)
-        for ref in refs:
-            ax.axhline(ref["median"], ls="--" if ref["key"] == "target" else ":", color="k" if ref["key"] == "target" else "gray",
-                       lw=1, label=ref["label"] + " (median)")
-        if refs:
-            ax.legend(fontsize=7)
-        ax.set_ylabel(f"reward ({reward})")
-        ax.set_title(_budget_label(budget), fontsize=9)
-        ax.grid(alpha=0.3, axis="y")
+        out.append((f"{reward}: median reward (95 % CI) vs cost per sample"
+                    + (" — guidance reward and evaluation oracle" if n_panels > 1 else ""), path))
+
+    # 2. distributions at the largest budget, one panel per score
+    data = [(s["variant"], {key: (s["rewards"] if key == "reward" else (s.get("eval_rewards") or {}).get(key, np.array([])))
+                            for key, _ in scores}) for s in last]
+    if any(np.isfinite(np.asarray(d["reward"], dtype=float)).any() for _, d in data):
+        width = max(5.0, 0.55 * len(data) + 2.0)
+        fig, axes = plt.subplots(1, n_panels, figsize=(width * n_panels, 4.4), squeeze=False)
+        axes = axes[0]
+        for ax, (key, _) in zip(axes, scores):
+            cols = [(v, np.asarray(d[key], dtype=float)) for v, d in data]
+            cols = [(v, x[np.isfinite(x)]) for v, x in cols]
+            cols = [(v, x) for v, x in cols if x.size]
+            if not cols:
+                ax.set_visible(False)
+                continue
+            bp = ax.boxplot([x for _, x in cols], showfliers=True, patch_artist=True, widths=0.6,
+                            medianprops={"color": "k", "lw": 1.2})
+            for patch, flier, (v, _) in zip(bp["boxes"], bp["fliers"], cols):
+                colour, marker = styles[v]
+                patch.set_facecolor(colour)
+                patch.set_alpha(0.55)
+                flier.set(marker=marker, markersize=2.5, markerfacecolor=colour, markeredgecolor=colour, alpha=0.6)
+            ax.set_xticks(range(1, len(cols) + 1), [v for v, _ in cols], rotation=35, ha="right", fontsize=8)
+            for tick, (v, _) in zip(ax.get_xticklabels(), cols):
+                tick.set_color(styles[v][0])
+            if key == "reward":
+                _ref_lines(ax, refs)
+            ax.set_ylabel(f"{'reward' if key == 'reward' else 'oracle score'} ({reward if key == 'reward' else key})")
+            ax.set_title(_panel_title(key, reward), fontsize=9)
+            ax.grid(alpha=0.3, axis="y")
+        fig.suptitle(f"{head}reward distributions per method, {_budget_label(budget)} "
+                     "(box: quartiles, line: median, whiskers 1.5 IQR)", fontsize=10)
         fig.tight_layout()
+        if refs:
+            _legend_outside(fig, *_dedupe_legend(axes))
         path = fig_dir / f"{_safe(reward)}_distributions.png"
         _save_figure(fig, path)
         plt.close(fig)
         out.append((f"{reward}: reward distributions ({_budget_label(budget)})", path))
+
     # 3. alpha sweep: mean reward vs alpha, against the exact target's mean where known
-    swept = [s for s in summaries if "alpha" in (s.get("sweep") or {})]
+    swept = [s for s in last if "alpha" in (s.get("sweep") or {})]
     if swept:
-        fig, ax = plt.subplots(figsize=(6.0, 4.2))
+        fig, ax = plt.subplots(figsize=(6.0, 4.4))
         by_label: dict[str, list] = defaultdict(list)
         for s in swept:
             by_label[s["variant"].split("[")[0]].append((float(s["sweep"]["alpha"]), s["mean"]))
+        lstyles = method_styles(by_label)
+        alphas = []
         for label in sorted(by_label, key=_method_key):
             xs, ys = zip(*sorted(by_label[label]))
-            ax.plot(xs, ys, marker="o", label=label)
+            alphas += list(xs)
+            colour, marker = lstyles[label]
+            ax.plot(xs, ys, marker=marker, color=colour, label=label, ms=5)
         exact = sorted({(float(s["sweep"]["alpha"]), s["reference"]["target"]["mean"]) for s in swept
                         if s.get("reference") and "target" in s["reference"]})
         if exact:
             ax.plot(*zip(*exact), "k--", lw=1, label="exact target E[r] under p·exp(r/α)")
-        _log_x(ax)
+        _log_axis(ax, alphas, ticks=sorted(set(alphas)) if len(set(alphas)) <= 10 else None)   # the swept values
         ax.set_xlabel("α (log scale)")
         ax.set_ylabel(f"mean reward ({reward})")
-        ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=7)
-        ax.set_title(_budget_label(budget), fontsize=9)
+        ax.grid(alpha=0.3, which="major")
+        ax.set_title(f"{head}mean reward `{reward}` vs α, {_budget_label(budget)}", fontsize=9)
         fig.tight_layout()
+        _legend_outside(fig, *ax.get_legend_handles_labels())
         path = fig_dir / f"{_safe(reward)}_reward_vs_alpha.png"
         _save_figure(fig, path)
         plt.close(fig)
         out.append((f"{reward}: mean reward vs α ({_budget_label(budget)})", path))
-    # 4. reward vs diversity
-    div = next((m for s in summaries for m in s["metrics"] if "diversity" in m), None)
+
+    # 4. median reward vs diversity at the largest budget, one panel per score
+    div = next((m for s in last for m in s["metrics"] if "diversity" in m), None)
     if div:
-        fig, ax = plt.subplots(figsize=(5.6, 4.2))
-        for s in sorted(summaries, key=lambda s: _method_key(s["variant"])):
-            d = s["metrics"].get(div)
-            if d is not None and np.isfinite(d):
-                ax.scatter(d, s["median"][0], label=s["variant"])
-                ax.annotate(s["variant"], (d, s["median"][0]), fontsize=7, xytext=(3, 3), textcoords="offset points")
-        ax.set_xlabel(div)
-        ax.set_ylabel(f"median reward ({reward})")
-        ax.grid(alpha=0.3)
+        fig, axes = plt.subplots(1, n_panels, figsize=(5.4 * n_panels, 4.4), squeeze=False)
+        axes = axes[0]
+        pending = []
+        for ax, (key, _) in zip(axes, scores):
+            labels = []
+            for s in last:
+                d, st = s["metrics"].get(div), _stat(s, key)
+                if d is None or not np.isfinite(d) or st is None or not np.isfinite(st[0]):
+                    continue
+                colour, marker = styles[s["variant"]]
+                ax.errorbar([d], [st[0]], yerr=[[max(st[0] - st[1], 0)], [max(st[2] - st[0], 0)]], marker=marker,
+                            color=colour, ms=6, capsize=2.5, elinewidth=0.9, ls="none", label=s["variant"])
+                labels.append((d, st[0], s["variant"], colour))
+            ax.margins(x=0.12, y=0.1)
+            ax.set_xlabel(f"{div} (higher = more diverse; mean over seeds)")
+            ax.set_ylabel(f"median {'reward' if key == 'reward' else 'oracle score'} "
+                          f"({reward if key == 'reward' else key}), 95 % CI")
+            ax.set_title(_panel_title(key, reward), fontsize=9)
+            ax.grid(alpha=0.3)
+            pending.append((ax, labels))
+        fig.suptitle(f"{head}median reward vs {div}, {_budget_label(budget)}", fontsize=10)
         fig.tight_layout()
+        for ax, labels in pending:
+            _label_points(ax, labels)
+        _legend_outside(fig, *_dedupe_legend(axes))
         path = fig_dir / f"{_safe(reward)}_reward_vs_diversity.png"
         _save_figure(fig, path)
         plt.close(fig)
         out.append((f"{reward}: median reward vs {div}", path))
+
+    # 5. evaluation oracle vs guidance reward (medians with CIs), one panel per oracle
+    evals = [key for key, _ in scores if key != "reward"]
+    if evals:
+        fig, axes = plt.subplots(1, len(evals), figsize=(5.6 * len(evals), 4.6), squeeze=False)
+        axes = axes[0]
+        pending = []
+        for ax, e in zip(axes, evals):
+            labels = []
+            base = next((s for s in last if s["algorithm"] == "ancestral" and _stat(s, e) is not None), None)
+            for s in last:
+                g, o = s["median"], _stat(s, e)
+                if o is None or not (np.isfinite(g[0]) and np.isfinite(o[0])):
+                    continue
+                colour, marker = styles[s["variant"]]
+                ax.errorbar([g[0]], [o[0]], xerr=[[max(g[0] - g[1], 0)], [max(g[2] - g[0], 0)]],
+                            yerr=[[max(o[0] - o[1], 0)], [max(o[2] - o[0], 0)]], marker=marker, color=colour, ms=6,
+                            capsize=2.5, elinewidth=0.9, ls="none", label=s["variant"])
+                labels.append((g[0], o[0], s["variant"], colour))
+            if base is not None:
+                ax.axvline(base["median"][0], color="gray", ls=":", lw=1, label="pretrained median")
+                ax.axhline(_stat(base, e)[0], color="gray", ls=":", lw=1)
+            ax.margins(x=0.12, y=0.1)
+            ax.set_xlabel(f"median guidance reward `{reward}` (95 % CI)")
+            ax.set_ylabel(f"median evaluation oracle `{e}` (95 % CI)")
+            ax.set_title(f"does the gain on `{reward}` hold on the held-out `{e}`?", fontsize=9)
+            ax.grid(alpha=0.3)
+            pending.append((ax, labels))
+        fig.suptitle(f"{head}evaluation oracle vs guidance reward, {_budget_label(budget)}", fontsize=10)
+        fig.tight_layout()
+        for ax, labels in pending:
+            _label_points(ax, labels)
+        _legend_outside(fig, *_dedupe_legend(axes))
+        path = fig_dir / f"{_safe(reward)}_eval_oracle.png"
+        _save_figure(fig, path)
+        plt.close(fig)
+        out.append((f"{reward}: evaluation oracle ({', '.join(evals)}) vs guidance reward, medians with 95 % CIs "
+                    f"({_budget_label(budget)})", path))
     return out
 
 
 # ------------------------------------------------------------------------------------------------
-def render(run_dir, md_dir=None, *, figures: bool = True, heading_level: int = 1) -> str:
-    """The report of ``run_dir`` as markdown; figure links are relative to ``md_dir``."""
+def render(run_dir, md_dir=None, *, figures: bool = True, heading_level: int = 1, fig_dir=None) -> str:
+    """The report of ``run_dir`` as markdown; figures are drawn into ``fig_dir`` (default
+    ``run_dir/figures``) and linked relative to ``md_dir``. Nothing is written into
+    ``run_dir`` when ``fig_dir`` lies elsewhere."""
     run_dir = Path(run_dir)
     md_dir = Path(md_dir) if md_dir is not None else run_dir
+    fig_dir = Path(fig_dir) if fig_dir is not None else run_dir / "figures"
     rows, suite = _load(run_dir)
     h = "#" * heading_level
     name = suite.get("name") or (rows[0]["suite"] if rows else run_dir.name)
@@ -523,9 +836,10 @@ def render(run_dir, md_dir=None, *, figures: bool = True, heading_level: int = 1
             if pm:
                 lines += [pm, ""]
     if figures:
+        styles = method_styles(r["variant"] for r in ok)      # one (colour, marker) per method in every figure
         for reward, items in per_reward.items():
             refs = _reference_rows([g for _, _, gs in items for g in gs])
-            figs = _figures(reward, [(b, s) for b, s, _ in items], run_dir / "figures", refs)
+            figs = _figures(reward, [(b, s) for b, s, _ in items], fig_dir, refs, suite=str(name), styles=styles)
             if figs:
                 lines += [f"{h}# figures — `{reward}`", ""]
                 for caption, path in figs:
@@ -539,19 +853,35 @@ def render(run_dir, md_dir=None, *, figures: bool = True, heading_level: int = 1
     return "\n".join(lines)
 
 
-def build_report(run_dir, out_md=None, *, figures: bool = True) -> str:
-    """Write ``out_md`` (default ``run_dir/report.md``) and figures under ``run_dir/figures``;
-    return the markdown."""
+def report_paths(run_dir, output=None) -> tuple[Path, Path]:
+    """(markdown file, figure folder) for ``svdd report RUN [--output OUT]``: no OUT ->
+    ``RUN/report.md`` and ``RUN/figures``; OUT ending in ``.md`` -> that file, figures in a
+    ``figures/`` folder beside it; any other OUT is a folder -> ``OUT/report.md`` and ``OUT/figures``."""
+    run_dir = Path(run_dir)
+    if output is None:
+        return run_dir / "report.md", run_dir / "figures"
+    output = Path(output)
+    if output.suffix.lower() == ".md":
+        return output, output.parent / "figures"
+    return output / "report.md", output / "figures"
+
+
+def build_report(run_dir, out_md=None, *, figures: bool = True, fig_dir=None) -> str:
+    """Write ``out_md`` (default ``run_dir/report.md``) and the figures under ``fig_dir``
+    (default: a ``figures`` folder beside ``out_md``); return the markdown. With both outside
+    ``run_dir`` the run folder is only read (it may be read-only)."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         from .bench import BenchError
 
         raise BenchError(f"run directory {str(run_dir)!r} not found; run `svdd bench SUITE --out {run_dir}` first")
     out_md = Path(out_md) if out_md is not None else run_dir / "report.md"
+    fig_dir = Path(fig_dir) if fig_dir is not None else out_md.parent / "figures"
     out_md.parent.mkdir(parents=True, exist_ok=True)
-    md = render(run_dir, out_md.parent, figures=figures)
+    md = render(run_dir, out_md.parent, figures=figures, fig_dir=fig_dir)
     atomic_write(out_md, md)
     return md
 
 
-__all__ = ["build_report", "render", "PAPER_REFERENCE", "PAPER_CITATION"]
+__all__ = ["build_report", "render", "report_paths", "method_styles", "dodge_factors", "log_ticks", "PAPER_REFERENCE",
+           "PAPER_CITATION"]

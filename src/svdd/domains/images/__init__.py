@@ -212,16 +212,49 @@ def _metrics(x0: Tensor, decoded, process=None, *, elbo_timesteps: int = 8, user
     return out
 
 
+def _grids(out_dir: Path, prefix: str, pixels: Tensor, rewards: Tensor, who: str, reward: str) -> dict:
+    """best / median / samples grids of one set of samples, captioned with rank and reward."""
+    from .viz import grid_image, grid_selection, save_grid, tile_labels
+
+    n = int(rewards.numel())
+    sel = grid_selection(rewards)
+    k = int(sel["best"].numel())
+    titles = {"best": f"{who}: best {k} of {n} by {reward} (#rank, reward; #1 = highest)",
+              "median": f"{who}: {k} around the median of {n} by {reward} (#rank, reward)",
+              "samples": f"{who}: samples 1-{int(sel['samples'].numel())} of {n} in sample order (#rank, reward)"}
+    out = {}
+    for kind, idx in sel.items():
+        labels, title = tile_labels(rewards, idx), titles[kind]
+        path = save_grid(out_dir / f"{prefix}{kind}.png", pixels[idx], labels=labels, title=title)
+        out[kind] = (path, grid_image(pixels[idx], labels=labels, title=title))
+    return out
+
+
 def _write_files(out_dir, x0: Tensor, decoded, rewards: Tensor, info: Optional[dict] = None) -> list[Path]:
-    from .viz import best_and_median, save_grid
+    """``best.png`` / ``median.png`` / ``samples.png`` (see ``viz``: top k, the k around the
+    median, all in sample order; each tile captioned with its reward rank and reward). With
+    ``info["baseline_x0"]`` and ``info["baseline_rewards"]`` (the pretrained sampler's samples)
+    also ``baseline_{best,median,samples}.png`` and ``compare.png``: the method's best and
+    median grids (left) beside the baseline's (right). ``info["method"]`` names the method in
+    the titles."""
+    from .viz import side_by_side
 
     out_dir = Path(out_dir)
-    process = (info or {}).get("process")
-    pixels = _pixels(x0, process)
-    best, median = best_and_median(rewards, 16)
-    order = torch.argsort(rewards.float().cpu(), descending=True)
-    return [save_grid(out_dir / "best.png", pixels[best]), save_grid(out_dir / "median.png", pixels[median]),
-            save_grid(out_dir / "samples.png", pixels[order[:64]])]
+    info = info or {}
+    process = info.get("process")
+    reward = str(info.get("reward") or "reward")
+    who = str(info.get("method") or "guided")
+    rewards = torch.as_tensor(rewards).float().cpu()
+    mine = _grids(out_dir, "", _pixels(x0, process), rewards, who, reward)
+    files = [mine[k][0] for k in ("best", "median", "samples")]
+    bx, br = info.get("baseline_x0"), info.get("baseline_rewards")
+    if bx is not None and br is not None:
+        br = torch.as_tensor(br).float().cpu()
+        base = _grids(out_dir, "baseline_", _pixels(bx, process), br, "pretrained", reward)
+        files += [base[k][0] for k in ("best", "median", "samples")]
+        files.append(side_by_side(out_dir / "compare.png", [mine["best"][1], base["best"][1], mine["median"][1],
+                                                            base["median"][1]], ncols=2))
+    return files
 
 
 def _sample_files(out_dir, x0: Tensor, prefix: str = "", info: Optional[dict] = None) -> list[str]:

@@ -1,5 +1,11 @@
 """PNG output: image grids (best / median / all samples by reward) and a strip of ``x0_hat``
-over the denoising steps for one sample (record it with ``X0HatRecorder`` as a callback)."""
+over the denoising steps for one sample (record it with ``X0HatRecorder`` as a callback).
+
+Grids written for a run (``grid_selection``) with n samples and k = min(16, max(1, n // 4)):
+``best`` = the k highest rewards (rank 1 first), ``median`` = the k ranks centred on the
+median rank, ``samples`` = every sample in sample order (the first 64). With n ≥ 2 the best
+and median grids share no sample and neither is the full set, so the three differ even for
+n ≤ 16. Each tile is captioned with its reward rank (1 = highest of the n) and reward."""
 
 from __future__ import annotations
 
@@ -9,7 +15,8 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["save_grid", "grid_image", "X0HatRecorder", "best_and_median"]
+__all__ = ["save_grid", "grid_image", "X0HatRecorder", "best_and_median", "grid_selection", "ranks", "tile_labels",
+           "side_by_side"]
 
 
 def displayable(x: Tensor) -> Tensor:
@@ -24,31 +31,122 @@ def displayable(x: Tensor) -> Tensor:
     return (x - lo) / (hi - lo).clamp_min(1e-8) * 2 - 1
 
 
-def grid_image(x: Tensor, ncols: Optional[int] = None, scale: int = 4, pad: int = 2):
-    """A PIL image of the batch as a grid (nearest-neighbour upscaled by ``scale``)."""
-    from PIL import Image
+def _font(size: int):
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:                       # Pillow < 10.1: the fixed bitmap font
+        return ImageFont.load_default()
+
+
+def _text_size(draw, text: str, font) -> tuple[int, int]:
+    x0, y0, x1, y1 = draw.multiline_textbbox((0, 0), text, font=font, spacing=1)
+    return x1 - x0, y1 - y0
+
+
+def grid_image(x: Tensor, ncols: Optional[int] = None, scale: int = 4, pad: int = 2,
+               labels: Optional[Sequence[str]] = None, title: Optional[str] = None, font_size: int = 10):
+    """A PIL image of the batch as a grid (nearest-neighbour upscaled by ``scale``), with an
+    optional caption under each tile (``labels``, one string per image, may hold newlines)
+    and a ``title`` line above the grid."""
+    from PIL import Image, ImageDraw
 
     x = displayable(x)
     B, C, H, W = x.shape
-    ncols = ncols or min(B, 8)
+    ncols = max(1, ncols or min(B, 8))
     nrows = (B + ncols - 1) // ncols
-    canvas = torch.ones(C, nrows * (H + pad) + pad, ncols * (W + pad) + pad)
+    tw, th, gap = W * scale, H * scale, pad * scale
+    font = _font(font_size)
+    probe = ImageDraw.Draw(Image.new("L", (1, 1)))
+    cap_h = max((_text_size(probe, t, font)[1] for t in labels), default=0) + 4 if labels else 0
+    cap_w = max((_text_size(probe, t, font)[0] for t in labels), default=0) + 4 if labels else 0
+    cw = max(tw, cap_w)                                  # a column is as wide as its widest caption
+    title_h = _text_size(probe, title, font)[1] + 6 if title else 0
+    width = max(ncols * (cw + gap) + gap, (_text_size(probe, title, font)[0] + 2 * gap) if title else 0)
+    height = title_h + nrows * (th + cap_h + gap) + gap
+    mode = "L" if C == 1 else "RGB"
+    canvas = Image.new(mode, (width, height), 255 if mode == "L" else (255, 255, 255))
+    draw = ImageDraw.Draw(canvas)
+    ink = 0 if mode == "L" else (0, 0, 0)
+    if title:
+        draw.text((gap, 3), title, fill=ink, font=font)
+    arr = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
     for i in range(B):
         r, c = divmod(i, ncols)
-        top, left = pad + r * (H + pad), pad + c * (W + pad)
-        canvas[:, top:top + H, left:left + W] = x[i]
-    arr = ((canvas.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).numpy()
-    img = Image.fromarray(arr[:, :, 0], mode="L") if C == 1 else Image.fromarray(arr, mode="RGB")
-    return img.resize((img.width * scale, img.height * scale), Image.NEAREST) if scale > 1 else img
+        tile = Image.fromarray(arr[i, :, :, 0], mode="L") if C == 1 else Image.fromarray(arr[i], mode="RGB")
+        if scale > 1:
+            tile = tile.resize((tw, th), Image.NEAREST)
+        left, top = gap + c * (cw + gap), title_h + gap + r * (th + cap_h + gap)
+        canvas.paste(tile.convert(mode), (left + (cw - tw) // 2, top))
+        if labels:
+            tw_text, _ = _text_size(draw, labels[i], font)
+            draw.multiline_text((left + (cw - tw_text) // 2, top + th + 2), labels[i], fill=ink, font=font,
+                                spacing=1, align="center")
+    return canvas
 
 
-def save_grid(path, x: Tensor, ncols: Optional[int] = None, scale: int = 4) -> Path:
+def save_grid(path, x: Tensor, ncols: Optional[int] = None, scale: int = 4, *, labels: Optional[Sequence[str]] = None,
+              title: Optional[str] = None) -> Path:
     path = Path(path)
     from ...runfolder import atomic_path
 
     with atomic_path(path) as tmp:
-        grid_image(x, ncols, scale).save(tmp, format="PNG")
+        grid_image(x, ncols, scale, labels=labels, title=title).save(tmp, format="PNG")
     return path
+
+
+def side_by_side(path, images: Sequence, ncols: Optional[int] = None, gap: int = 16) -> Path:
+    """Write PIL images on one white canvas, ``ncols`` per row (default: all in one row),
+    each cell as large as the largest image (atomic PNG)."""
+    from PIL import Image
+
+    from ...runfolder import atomic_path
+
+    images = [im.convert("RGB") for im in images]
+    ncols = ncols or len(images)
+    nrows = (len(images) + ncols - 1) // ncols
+    cw, ch = max(im.width for im in images), max(im.height for im in images)
+    canvas = Image.new("RGB", (ncols * cw + gap * (ncols - 1), nrows * ch + gap * (nrows - 1)), (255, 255, 255))
+    for i, im in enumerate(images):
+        r, c = divmod(i, ncols)
+        canvas.paste(im, (c * (cw + gap), r * (ch + gap)))
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        canvas.save(tmp, format="PNG")
+    return path
+
+
+def ranks(rewards: Tensor) -> Tensor:
+    """Rank of each sample by reward, 1 = highest (ties broken by sample index)."""
+    r = rewards.detach().float().cpu()
+    r = torch.where(torch.isnan(r), torch.full_like(r, -float("inf")), r)
+    order = torch.argsort(r, descending=True, stable=True)
+    out = torch.empty_like(order)
+    out[order] = torch.arange(1, r.numel() + 1)
+    return out
+
+
+def tile_labels(rewards: Tensor, indices: Tensor) -> list[str]:
+    """'#rank' and the reward, for the samples ``indices`` (rank among all of ``rewards``)."""
+    rk = ranks(rewards)
+    r = rewards.detach().float().cpu()
+    return [f"#{int(rk[i])}\n{float(r[i]):.4g}" for i in indices.tolist()]
+
+
+def grid_selection(rewards: Tensor, k: Optional[int] = None, max_samples: int = 64) -> dict[str, Tensor]:
+    """Indices of the ``best``, ``median`` and ``samples`` grids (see the module docstring):
+    best = top k by reward, median = the k ranks centred on the median, samples = the first
+    ``max_samples`` in sample order; k defaults to min(16, max(1, n // 4))."""
+    r = rewards.detach().float().cpu()
+    r = torch.where(torch.isnan(r), torch.full_like(r, -float("inf")), r)
+    n = r.numel()
+    k = min(16, max(1, n // 4)) if k is None else max(1, min(int(k), n))
+    order = torch.argsort(r, descending=True, stable=True)
+    lo = max(0, min(n // 2 - k // 2, n - k))
+    if n >= 2 * k:                       # never reuse a best tile in the median grid
+        lo = max(lo, k)
+    return {"best": order[:k], "median": order[lo:lo + k], "samples": torch.arange(min(n, max_samples))}
 
 
 def best_and_median(rewards: Tensor, k: int = 16) -> tuple[Tensor, Tensor]:
