@@ -5,6 +5,7 @@ is NaN for x < 0, whose invalid_value 0 would beat every valid reward)."""
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import pytest
@@ -320,3 +321,57 @@ def test_all_invalid_candidates_pick_without_nan(method):
                           num_steps=3, generator=torch.Generator().manual_seed(0),
                           **({"alpha": 0.5} if method == "smc" else {}))
     assert res.info["reward_all_failed"] and torch.isfinite(res.x0).all() and (res.rewards == 0).all()
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.5])
+def test_monte_carlo_pm_value_inherits_validity_from_its_draws(alpha):
+    """Masked PM value with S draws: valid when any draw is, computed from the valid draws only."""
+    from svdd.values.posterior_mean import PosteriorMeanValue
+
+    toy = MaskedToy(seed=0)
+    process = toy.process()
+    seen = []
+
+    def reward(x):
+        seen.append(x.clone())
+        v = x.float().sum(1)
+        return torch.where(x[:, 0] == 0, torch.full_like(v, float("nan")), v)
+
+    S, B = 3, 64
+    value = PosteriorMeanValue(process, Reward(reward, invalid_value=-9.0), num_mc_samples=S, alpha=alpha,
+                               generator=torch.Generator().manual_seed(0))
+    x_t = torch.full((B, toy.L), toy.mask_id)
+    values, valid = value.evaluate(x_t, process.timesteps(4)[1])
+    draws = seen[-1].view(S, B, toy.L)
+    ok = draws[..., 0] != 0
+    r = draws.float().sum(-1).double()
+    assert torch.equal(valid, ok.any(0)) and (~valid).any() and valid.any()
+    assert (values[~valid] == -9.0).all()
+    if alpha == 0:
+        expected = (r * ok).sum(0) / ok.sum(0).clamp_min(1)
+    else:
+        expected = alpha * (torch.logsumexp(torch.where(ok, r / alpha, torch.tensor(-math.inf, dtype=r.dtype)), 0)
+                            - math.log(S))
+    torch.testing.assert_close(values[valid], expected[valid].float())
+
+
+def test_smc_with_monte_carlo_values_survives_nan_rewards():
+    _, W = _toy("masked")
+    res, caught = _run("smc", "masked", FaultyReward("masked", "nan", False, W), num_mc_samples=3)
+    assert len(caught) == 1 and torch.isfinite(res.rewards).all() and res.info["reward_invalid"] > 0
+
+
+def test_learned_value_returning_nan_never_wins():
+    process = GaussianMixtureToy.default().process(eta=1.0)
+
+    def value_fn(x, t):   # NaN on the left half: invalid, must lose to any valid child
+        v = -x.flatten(1)[:, 0].abs()
+        return torch.where(x.flatten(1)[:, 0] < 0, torch.full_like(v, float("nan")), v)
+
+    steps = []
+    svdd.sample(process, GaussianMixtureToy.default().reward, method="svdd-mc", value_fn=value_fn, num_samples=8,
+                num_steps=4, num_candidates=4, generator=torch.Generator().manual_seed(0), callback=steps.append)
+    for s in steps[:-1]:
+        values, sel = s.info["values"], s.info["selected"]
+        ok = torch.isfinite(values) & (values != 0)
+        assert torch.equal(ok[torch.arange(8), sel], ok.any(1))

@@ -27,6 +27,7 @@ from torch import Tensor
 from ..accelerator import auto_max_batch_size
 from ..rewards.base import Reward, RewardOutput, RewardWarning, as_reward
 from ..types import SampleResult, StepInfo
+from ..values.posterior_mean import PosteriorMeanValue
 from .registry import AlgorithmError
 
 
@@ -124,12 +125,11 @@ class Run:
         return self.value_fn(x, torch.as_tensor(t))
 
     def evaluate_value(self, x: Tensor, t, counts: Optional[Tensor] = None) -> RewardOutput:
-        """``value_fn(x, t)`` with a validity mask: a value that knows it (``evaluate``) says so;
+        """``value_fn(x, t)`` with a validity mask: a PM value inherits it from the reward;
         otherwise non-finite values are invalid (and reported as the reward's invalid_value)."""
-        evaluate = getattr(self.value_fn, "evaluate", None)
-        if callable(evaluate):
+        if isinstance(self.value_fn, PosteriorMeanValue):
             self.value_calls += x.shape[0]
-            return evaluate(x, torch.as_tensor(t), counts=counts)
+            return self.value_fn.evaluate(x, torch.as_tensor(t), counts=counts)
         v = self.value(x, t)
         ok = torch.isfinite(v)
         return RewardOutput(torch.where(ok, v, torch.full_like(v, self.reward.invalid_value)), ok)
