@@ -173,8 +173,9 @@ def smc_loop(run: Run, *, num_samples: int, num_steps: int, num_particles: int, 
                 v, ok = run.evaluate_value(x, t)
             valid = ok.to(valid.device)
             v = v.to(torch.float64)
-            if tempering is not None:
-                lam_k = float(tempering(k, v, log_w + pending, lineage))
+            if tempering is not None:   # an invalid value is seen as the lineage's previous (untempered) one
+                carry = lineage.v_prev / lam_k if lam_k > 0 else torch.zeros_like(v)
+                lam_k = float(tempering(k, torch.where(valid, v, carry), log_w + pending, lineage))
             # an invalid value carries no information: the lineage keeps its previous value
             log_w = log_w + pending + lineage.potential(torch.where(valid, lam_k * v, lineage.v_prev), lam, potential)
         elif tempering is not None:
