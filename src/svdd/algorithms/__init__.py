@@ -6,7 +6,8 @@ from .registry import ALGORITHMS, AlgorithmError, AlgorithmSpec, get_algorithm, 
 # algorithms added by later modules register themselves on import; import them if present
 import importlib as _importlib
 
-for _name in ("smc", "das", "dps", "dno", "search"):
+for _name in ("smc", "das", "dps", "dno", "search", "dts", "dsearch", "treeg", "noise_trajectory_search",
+              "iterative_refinement", "search_over_paths"):
     try:
         _importlib.import_module(f"{__name__}.{_name}")
     except ModuleNotFoundError as _err:
