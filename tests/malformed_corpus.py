@@ -185,8 +185,7 @@ _add("sample-out-unwritable", _without_out(MASKED) + ("--out", UNWRITABLE + "/ru
 _add("sample-out-empty", _without_out(MASKED) + ("--out", ""), needle="--out")
 _add("sample-out-symlink", _sample(), setup="out:symlink", needle="link")
 _add("sample-out-holds-files", _sample(), setup="out:foreign")
-_add("sample-resume-damaged-config", _sample("--resume"), setup="out:bad-config")
-_add("sample-resume-config-not-object", _sample("--resume"), setup="out:list-config")
+_add("sample-resume-other-options", _sample("--resume"), setup="out:other-config", needle="different")
 
 # -- sample: backends and reward workers ---------------------------------------------------------
 _add("sample-reward-workers-zero", _sample("--reward-workers", "0"), needle="--reward-workers")
@@ -294,6 +293,8 @@ def _build_suites() -> dict[str, str]:
         "seeds-negative": _suite_with(seeds="-1"),
         "seeds-zero": _suite_with(seeds="0"),
         "seeds-empty-list": _suite_with(seeds="[]"),
+        "seeds-negative-in-list": _suite_with(seeds="[0, -1]"),
+        "seeds-repeated": _suite_with(seeds="[1, 1]"),
         "method-unknown": _suite_with(methods="\n  - method: nope"),
         "domain-unknown": _suite_with(domain="nope"),
         "reward-unknown": _suite_with(reward="nope"),
@@ -337,7 +338,8 @@ for name in SUITES:
     if name == "good":
         continue
     needle = {"seeds-word": "seeds", "seeds-list-of-words": "seeds", "seeds-negative": "seeds",
-              "seeds-zero": "seeds", "seeds-empty-list": "seeds", "method-unknown": "nope", "domain-unknown": "nope",
+              "seeds-zero": "seeds", "seeds-empty-list": "seeds", "seeds-negative-in-list": "seeds",
+              "seeds-repeated": "seeds", "method-unknown": "nope", "domain-unknown": "nope",
               "reward-unknown": "nope", "model-unknown": "nope", "model-options-unknown": "bogus",
               "num-samples-word": "num_samples", "num-samples-zero": "num_samples", "num-samples-huge": "memory",
               "num-steps-zero": "num_steps", "num-steps-word": "num_steps", "tolerance-word": "tolerance",
@@ -371,7 +373,7 @@ for kind, needle in [("list-line", "runs.jsonl"), ("number-line", "runs.jsonl"),
                      ("binary", "runs.jsonl"), ("runs-is-a-folder", "runs.jsonl"),
                      ("garbage-suite-yaml", "suite.yaml"), ("list-suite-yaml", "suite.yaml")]:
     _add(f"report-{kind}", REPORT, setup=f"bench:{kind}", needle=needle)
-_add("report-output-is-a-folder", REPORT + ("--output", "{tmp}"), setup="bench:good")
+_add("report-output-empty", REPORT + ("--output", ""), setup="bench:good", needle="--output")
 _add("report-output-unwritable", REPORT + ("--output", UNWRITABLE + "/report.md"), setup="bench:good+unwritable")
 _add("report-output-under-a-file", REPORT + ("--output", "{tmp}/file/report.md"), setup="bench:good+file")
 
@@ -477,12 +479,10 @@ def _setup_out(tmp: Path, kind: str) -> None:
     elif kind == "foreign":
         out.mkdir()
         (out / "notes.txt").write_text("my own files\n")
-    elif kind == "bad-config":
-        out.mkdir()
-        (out / "config.json").write_text('{"domain": "toy-masked", "method": ')
-    elif kind == "list-config":
-        out.mkdir()
-        (out / "config.json").write_text("[1, 2]")
+    elif kind == "other-config":            # a run of other settings (a damaged config.json is not a
+        out.mkdir()                         # user mistake: svdd reports and rewrites it)
+        (out / "config.json").write_text(json.dumps({"domain": "toy-masked", "method": "best-of-n",
+                                                     "num_samples": 99, "seed": 7}))
     else:
         raise KeyError(f"unknown out setup {kind!r}")
 

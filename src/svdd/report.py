@@ -143,12 +143,22 @@ class _Group:
 def _load(run_dir: Path) -> tuple[list[dict], dict]:
     from .bench import read_runs
 
-    rows = read_runs(run_dir / "runs.jsonl")
+    rows = read_runs(run_dir / "runs.jsonl", strict=True)
     suite = {}
     if (run_dir / "suite.yaml").exists():
         import yaml
 
-        suite = yaml.safe_load((run_dir / "suite.yaml").read_text()) or {}
+        from .bench import BenchError
+
+        path = run_dir / "suite.yaml"
+        try:
+            suite = yaml.safe_load(path.read_text()) or {}
+        except (yaml.YAMLError, UnicodeDecodeError, IsADirectoryError) as err:
+            raise BenchError(f"{path} is damaged ({str(err).splitlines()[0]}); rerun `svdd bench` on the folder to "
+                             "rewrite it, or move it away") from None
+        if not isinstance(suite, dict):
+            raise BenchError(f"{path} is not a suite mapping (it holds a {type(suite).__name__}); rerun `svdd bench` "
+                             "on the folder to rewrite it, or move it away")
     return rows, suite
 
 

@@ -4,10 +4,19 @@ print the exact target next to what was sampled."""
 from __future__ import annotations
 
 from ..testing import GaussianMixtureToy, MaskedToy
-from .base import Domain
+from .base import Domain, DomainError
 
 _GAUSS = GaussianMixtureToy.default()
 _MASKED = MaskedToy()
+
+
+def _no_argument(name: str, reward):
+    """A toy reward takes no ``:argument``; one given by mistake is refused, not ignored."""
+    def factory(arg=None, **_):
+        if arg:
+            raise DomainError(f"reward {name!r} takes no argument, got {name}:{arg}; write {name}")
+        return reward
+    return factory
 
 
 def _gauss_metrics(x0, decoded, process, alpha: float = 1.0):
@@ -34,7 +43,7 @@ GAUSSIAN_DOMAIN = Domain(
     description="1-D two-mode Gaussian mixture with the exact denoiser; reward r(x) = x (exact tilted target known)",
     models={"mixture": lambda device="cpu", **_: _GAUSS.process()},
     default_model="mixture",
-    rewards={"linear": (lambda arg=None, **_: _GAUSS.reward, "r(x) = x, differentiable")},
+    rewards={"linear": (_no_argument("linear", _GAUSS.reward), "r(x) = x, differentiable")},
     default_reward="linear",
     default_num_steps=100,
     decode=lambda x0: [f"{float(v):.4f}" for v in x0.reshape(len(x0), -1)[:, 0]],
@@ -47,7 +56,7 @@ MASKED_DOMAIN = Domain(
     description="length-3 sequences over 3 letters with the exact denoiser; exact tilted law by enumeration",
     models={"table": lambda device="cpu", **_: _MASKED.process()},
     default_model="table",
-    rewards={"table": (lambda arg=None, **_: _MASKED.reward, "a random reward table over the 27 sequences")},
+    rewards={"table": (_no_argument("table", _MASKED.reward), "a random reward table over the 27 sequences")},
     default_reward="table",
     default_num_steps=8,
     decode=lambda x0: ["".join("abc"[int(i)] for i in row) for row in x0],

@@ -350,20 +350,37 @@ def close_quietly(*objs) -> None:
                     pass
 
 
-def parse_reward_spec(spec: str, factory: Callable[[str], Callable]) -> Callable:
-    """Parse ``"a"``, ``"a+0.5*b"`` or ``"2*a+-1*b"`` into one reward; ``factory(name)`` builds
-    each named part. A single unweighted name returns the factory's reward itself."""
+_DANGLING_EXPONENT = re.compile(r"^\s*[-+]?(?:\d+\.?\d*|\.\d+)[eE]$")   # the "1e" of "1e+5*qed"
+
+
+def reward_terms(spec: str) -> list[tuple[float, str]]:
+    """The ``(weight, name)`` terms of ``"a"``, ``"a+0.5*b"``, ``"2*a+-1*b"`` or ``"1e+5*a"``;
+    an empty spec or term (``"qed+"``, ``"+qed"``, ``"a++b"``) raises ``RewardError``."""
     if not isinstance(spec, str) or not spec.strip():
         raise RewardError("empty reward spec; name a reward, e.g. 'qed' or 'docking:parp1+0.5*qed'")
-    terms = [t for t in spec.split("+") if t.strip()]
-    names, weights = [], []
-    for term in terms:
+    pieces: list[str] = []
+    for piece in spec.split("+"):   # a "+" inside a weight's exponent does not split terms
+        if pieces and _DANGLING_EXPONENT.match(pieces[-1]) and piece[:1].isdigit():
+            pieces[-1] += "+" + piece
+        else:
+            pieces.append(piece)
+    terms = []
+    for term in pieces:
+        if not term.strip():
+            raise RewardError(f"empty term in reward spec {spec!r}; write terms joined by '+', e.g. 'qed+0.5*sa'")
         m = _TERM.match(term)
         if not m:
             raise RewardError(f"cannot parse reward term {term!r} in {spec!r}; write e.g. '0.5*qed'")
-        weights.append(float(m.group(1)) if m.group(1) else 1.0)
-        names.append(m.group(2))
-    parts = [factory(n) for n in names]
+        terms.append((float(m.group(1)) if m.group(1) else 1.0, m.group(2)))
+    return terms
+
+
+def parse_reward_spec(spec: str, factory: Callable[[str], Callable]) -> Callable:
+    """Parse ``"a"``, ``"a+0.5*b"`` or ``"2*a+-1*b"`` into one reward; ``factory(name)`` builds
+    each named part. A single unweighted name returns the factory's reward itself."""
+    terms = reward_terms(spec)
+    weights = [w for w, _ in terms]
+    parts = [factory(n) for _, n in terms]
     if len(parts) == 1 and weights[0] == 1.0:
         return parts[0]
     return WeightedSum(parts, weights)

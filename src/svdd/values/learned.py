@@ -142,19 +142,72 @@ class LearnedValue(nn.Module):
         atomic_write_json(path / "value.json", meta, default=float)
 
 
+class ValueLoadError(ValueError):
+    """A fitted-value folder that cannot be loaded (missing, damaged, or for another network);
+    one line that says what to do."""
+
+
+def read_value_meta(path: str | Path) -> dict:
+    """The checked ``value.json`` of a fitted-value folder (``network``, ``config``, ``time_scale``
+    and the fit's ``domain`` / ``reward`` / ``model``); anything wrong is a ``ValueLoadError``."""
+    path = Path(path)
+    refit = f"fit it again with `svdd fit-value --out {path}`"
+    if not path.exists():
+        raise ValueLoadError(f"no fitted value at {path}; create one with `svdd fit-value --out {path}`")
+    if not path.is_dir():
+        raise ValueLoadError(f"{path} is a file; a fitted value is a folder holding value.json and value.safetensors "
+                             "(`svdd fit-value` writes one)")
+    meta_path = path / "value.json"
+    if not meta_path.is_file():
+        raise ValueLoadError(f"no fitted value at {path} (expected value.json); create one with "
+                             f"`svdd fit-value --out {path}`")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise ValueLoadError(f"{meta_path} is damaged ({type(err).__name__}: {str(err).splitlines()[0][:120]}); "
+                             f"{refit}") from None
+    if not isinstance(meta, dict):
+        raise ValueLoadError(f"{meta_path} is not a JSON object; {refit}")
+    for key, kinds in (("network", (str,)), ("config", (dict,)), ("time_scale", (int, float))):
+        if not isinstance(meta.get(key), kinds) or isinstance(meta.get(key), bool):
+            raise ValueLoadError(f"{meta_path} has no valid {key!r} entry; {refit}")
+    if not math.isfinite(meta["time_scale"]) or meta["time_scale"] <= 0:
+        raise ValueLoadError(f"{meta_path}: time_scale must be a positive number, got {meta['time_scale']!r}; {refit}")
+    if meta["network"] not in VALUE_NETWORKS:
+        raise ValueLoadError(f"{meta_path} names the unknown value network {meta['network']!r} (known: "
+                             f"{', '.join(sorted(VALUE_NETWORKS))}); import the module that registers it first")
+    return meta
+
+
 def load_value(path: str | Path, device: str | torch.device = "cpu") -> LearnedValue:
+    """A fitted value saved by ``LearnedValue.save``. A missing, damaged or mismatched folder
+    (JSON, network configuration, weights) raises ``ValueLoadError``; nothing is unpickled."""
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     path = Path(path)
-    if not (path / "value.json").exists():
-        raise FileNotFoundError(f"no fitted value at {path} (expected value.json; create one with `svdd fit-value`)")
-    meta = json.loads((path / "value.json").read_text())
-    if meta["network"] not in VALUE_NETWORKS:
-        raise ValueError(f"unknown value network {meta['network']!r}; import the module that registers it first")
-    net = VALUE_NETWORKS[meta["network"]](**meta["config"])
+    meta = read_value_meta(path)
+    refit = f"fit it again with `svdd fit-value --out {path}`"
+    try:
+        net = VALUE_NETWORKS[meta["network"]](**meta["config"])
+    except (TypeError, ValueError) as err:
+        raise ValueLoadError(f"{path / 'value.json'}: config does not fit {meta['network']} ({err}); {refit}") from None
     extra = {k: v for k, v in meta.items() if k not in ("network", "config", "time_scale")}
     value = LearnedValue(net, meta["time_scale"], meta=extra)
-    value.load_state_dict(load_file(str(path / "value.safetensors")))
+    weights = path / "value.safetensors"
+    if not weights.is_file():
+        raise ValueLoadError(f"{path} has value.json but no value.safetensors (weights); {refit}")
+    try:
+        state = load_file(str(weights))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise ValueLoadError(f"{weights} is not a readable safetensors file ({str(err).splitlines()[0][:120]}); "
+                             f"{refit}") from None
+    try:
+        value.load_state_dict(state)
+    except RuntimeError as err:
+        problem = " ".join(str(err).split())
+        raise ValueLoadError(f"{weights} does not match the {meta['network']} of value.json "
+                             f"({problem[:160]}...); {refit}") from None
     return value.to(device).eval()
 
 
@@ -190,6 +243,14 @@ def fit_value(process, reward_fn, *, num_rollouts: int = 256, num_steps: int = 5
 
     if loss not in ("mse", "exp"):
         raise ValueError("loss must be 'mse' or 'exp'")
+    for name, n in (("num_rollouts", num_rollouts), ("num_steps", num_steps), ("train_steps", train_steps),
+                    ("batch_size", batch_size), ("rollout_batch_size", rollout_batch_size)):
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"{name} must be an integer >= 1, got {n!r}")
+    if not (math.isfinite(lr) and lr > 0):
+        raise ValueError(f"lr must be a positive number, got {lr!r}")
+    if loss == "exp" and not (math.isfinite(alpha) and alpha > 0):
+        raise ValueError(f"alpha must be a positive number for loss='exp', got {alpha!r}")
     start = time.perf_counter()
     run = Run(process, reward_fn)
     states, times, targets, ids = [], [], [], []
