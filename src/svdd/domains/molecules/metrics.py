@@ -5,8 +5,12 @@
 - novelty: fraction of the distinct valid molecules absent from the MOSES training set (its
   1.58 M SMILES are already RDKit-canonical; the committed 2,000-molecule sample is used, and
   named in ``novelty_reference``, when the full set cannot be fetched);
-- internal diversity: 1 − mean Tanimoto similarity over distinct pairs of valid molecules
-  (Morgan radius 2, 2048 bits; MOSES' IntDiv1 also averages the diagonal, we do not);
+- internal diversity (svdd's): 1 − mean Tanimoto similarity over distinct pairs of valid
+  molecules (Morgan radius 2, 2048 bits); MOSES' IntDiv also averages the diagonal and uses
+  1024 bits — it is reported beside it as ``moses_intdiv``;
+- ``moses_intdiv``, ``moses_intdiv2``, ``moses_snn``, ``moses_frag``, ``moses_scaf``,
+  ``moses_filters``: the MOSES metrics as molsets 0.3.1 computes them, against the MOSES test
+  set (``moses_metrics.py``; the reference set is named in ``moses_reference``);
 - FCD (Preuer et al. 2018) between valid molecules and the MOSES test set, with ChemNet from
   ``fcd`` 1.2.2; the reference mean/covariance are computed from a fixed random subset of
   ``FCD_REFERENCE_SIZE`` test SMILES and cached (MOSES' shipped statistics do not match today's
@@ -142,8 +146,12 @@ def nelbo(process, x0: torch.Tensor, num_t_samples: int = 4, batch_size: int = 2
 
 
 def molecule_metrics(smiles: Sequence[str], *, x0: Optional[torch.Tensor] = None, process=None,
-                     min_fcd: int = 256, max_nelbo: int = 512, novelty_reference: Optional[set] = None) -> dict:
-    """All set metrics for decoded samples (``x0``/``process`` add the NELBO)."""
+                     min_fcd: int = 256, max_nelbo: int = 512, novelty_reference: Optional[set] = None,
+                     moses_reference=None) -> dict:
+    """All set metrics for decoded samples (``x0``/``process`` add the NELBO).
+
+    ``moses_reference``: the reference set of SNN/Frag/Scaf — a ``moses_metrics.Reference``, a
+    list of SMILES, or None for the MOSES test set."""
     n = len(smiles)
     canon = [canonical_smiles(s) for s in smiles]
     valid = [c for c in canon if c]
@@ -154,6 +162,9 @@ def molecule_metrics(smiles: Sequence[str], *, x0: Optional[torch.Tensor] = None
                  "novelty": novelty(valid, novelty_reference),
                  "novelty_reference": "given" if novelty_reference is not None else _train_set()[1],
                  "internal_diversity": internal_diversity(valid)}
+    from .moses_metrics import moses_metrics
+
+    out.update(moses_metrics(valid, moses_reference))
     if len(valid) >= min_fcd:
         try:
             out["fcd_moses_test"] = fcd_to_moses_test(valid)
