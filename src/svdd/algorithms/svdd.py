@@ -22,6 +22,11 @@ The exception is deduplication (``deduplicate=True``, masked processes): ``torch
 data-dependent size, so it costs one sync per step; pass ``deduplicate=False`` for a sync-free
 loop when children rarely repeat. Rewards that need the host (RDKit, docking) sync by nature.
 
+Invalid children (their reward, or the reward of their x̂0, raised or was NaN / ±inf) rank below
+every valid child: a sample keeps one only when all M are (``_common.select_children``). On a
+grid where every step is deterministic (η = 0, or one step to clean) the M children are equal
+and SVDD is plain sampling; it says so with a ``UserWarning``.
+
 ``svdd_loop(replace_fraction > 0)`` adds SVDD-R's global step (final paper, Algorithm 2): after
 the per-sample selection, the worst ``replace_fraction`` of the batch is replaced by copies
 of samples drawn ∝ exp(v̂/alpha_resample) from the rest.
@@ -150,7 +155,7 @@ def _loop(run, proc, value_fn, pm, dedup, N, M, num_steps, alpha, n_replace, alp
             x, x0_hat, chosen, chosen_ok = x.clone(), x0_hat.clone(), chosen.clone(), chosen_ok.clone()
             x[worst], x0_hat[worst], chosen[worst], chosen_ok[worst] = x[src], x0_hat[src], chosen[src], chosen_ok[src]
         run.record(value_mean=chosen.float().mean(), unique_children=(uniq.shape[0] / children.shape[0]))
-        run.step_done(k, t, t_next, x, x0_hat, values=values, selected=idx)
+        run.step_done(k, t, t_next, x, x0_hat, values=values, valid=valid, selected=idx)
     return x, chosen
 
 
