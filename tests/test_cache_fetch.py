@@ -149,15 +149,18 @@ def offline_molecules(monkeypatch):
 
 def test_metric_only_data_falls_back_with_a_notice(offline_molecules):
     from svdd.domains import get_domain
-    from svdd.domains.molecules.metrics import molecule_metrics
+    from svdd.domains.molecules import metrics
 
     notes: list[str] = []
     assert get_domain("molecules").prepare_data("qed", notify=notes.append) == notes
     assert len(notes) == 1 and "MOSES" in notes[0] and "2,000-molecule sample" in notes[0]
     assert "pip download --no-deps --only-binary=:all: molsets==0.3.1" in notes[0]
     calls = len(offline_molecules.calls)
-    m = molecule_metrics(["CCO", "c1ccccc1", "CC(=O)O"], min_fcd=10)
-    assert "sample" in m["novelty_reference"] and 0.0 <= m["novelty"] <= 1.0
+    reference, name = metrics._train_set()          # what novelty is measured against after sampling
+    assert "sample" in name and len(reference) == 2000
+    assert 0.0 <= metrics.novelty(["CCO", "c1ccccc1", "CC(=O)O"]) <= 1.0
+    with pytest.raises(DataError):                  # FCD's reference: molecule_metrics reports it as a note
+        metrics.load_moses.__wrapped__("test")
     assert len(offline_molecules.calls) == calls   # the failed fetch is not retried after sampling
 
 
@@ -171,3 +174,13 @@ def test_a_docking_run_without_receptors_fails_before_sampling(offline_molecules
     assert code == 2 and err.startswith("svdd: error:") and "Traceback" not in err
     assert "pip download --no-deps --only-binary=:all: dockstring==0.3.4" in err
     assert not (out / "shards").exists() or not any((out / "shards").rglob("*.safetensors"))
+
+
+def test_fcd_without_its_reference_set_is_a_note_not_a_crash(offline_molecules, monkeypatch):
+    from svdd.domains.molecules import metrics, moses_metrics
+
+    monkeypatch.setattr(moses_metrics, "moses_metrics", lambda *a, **k: {})   # not what this test is about
+    monkeypatch.setattr(metrics, "_stats", lambda smiles: (None, None))       # skip ChemNet: the reference is missing
+    monkeypatch.setattr(metrics, "_chemnet", lambda: (None, None))
+    out = metrics.molecule_metrics(["CCO", "c1ccccc1O"], min_fcd=1)
+    assert out["fcd_moses_test"] is None and "FCD not reported" in out["fcd_note"] and "molsets==0.3.1" in out["fcd_note"]

@@ -4,10 +4,11 @@
   cannot score without them, so a failed fetch fails the run before sampling, in one line that
   says what to run (``svdd.cache.fetch_wheel``: ``pip download --no-deps --only-binary=:all:``,
   SHA-256 checked, cached atomically).
-- the MOSES train / test SMILES (``molsets`` wheel, 51 MB), for the novelty and FCD metrics:
-  metric-only — a failed fetch prints a notice and the run goes on; novelty is then measured
-  against the shipped 2,000-molecule sample (``novelty_reference`` in ``summary.json`` says so)
-  and FCD is not reported (``fcd_note`` says why).
+- the MOSES train / test SMILES (``molsets`` wheel, 51 MB), for the novelty, FCD and MOSES
+  (SNN / Frag / Scaf) metrics: metric-only — a failed fetch prints a notice and the run goes on;
+  novelty and the MOSES metrics are then measured against the shipped 2,000-molecule samples
+  (``novelty_reference`` / ``moses_reference`` in ``summary.json`` say so) and FCD is not
+  reported (``fcd_note`` says why).
 """
 
 from __future__ import annotations
@@ -32,6 +33,6 @@ def prefetch(reward_spec: Optional[str], options: Optional[dict] = None) -> list
         try:
             molsets_wheel(download=True)
         except (DataError, DomainError) as err:
-            notices.append(f"the MOSES data set is unavailable ({err}); novelty is measured against the "
-                           "shipped 2,000-molecule sample and FCD is not reported")
+            notices.append(f"the MOSES data set is unavailable ({err}); novelty and the MOSES metrics are "
+                           "measured against the shipped 2,000-molecule samples and FCD is not reported")
     return notices
