@@ -1144,7 +1144,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     reward call failed), 2 (a user mistake, in one ``svdd: error:`` line), 130 (interrupted), 141
     (stdout closed early, as in ``svdd list rewards | head -1``: silent, like a SIGPIPE)."""
     try:
-        return _run(argv)
+        code = _run(argv)
+        sys.stdout.flush()             # a reader that went away is noticed here, not at exit
+        return code
     except BrokenPipeError:
         try:                           # later flushes of stdout must not fail again at exit
             devnull = os.open(os.devnull, os.O_WRONLY)
