@@ -258,6 +258,7 @@ NEVER_WINS = {
     "svdd-pm": dict(num_samples=16, num_candidates=8),
     "svdd-r": dict(num_samples=16, num_candidates=8, replace_fraction=0.25),
     "smc": dict(num_samples=16, num_particles=32, alpha=0.5),
+    "das": dict(num_samples=16, num_particles=32, alpha=0.5),
     "random-search": dict(num_samples=16, num_candidates=8),
     "zero-order-search": dict(num_samples=16, num_candidates=12, num_neighbors=3),
     "dno": dict(num_samples=8, num_iterations=4, estimator="hybrid", num_permutations=2),
@@ -268,6 +269,7 @@ NEVER_WINS = {
 def test_invalid_never_wins(method):
     process = GaussianMixtureToy.default().process(eta=1.0)
     reward = NegativeNaN()
+    reward.differentiable = svdd.ALGORITHMS[method].needs_gradients
     steps = []
     kw = dict(NEVER_WINS[method])
     n = kw["num_samples"]
@@ -289,7 +291,7 @@ def test_invalid_never_wins(method):
             kept = ok[torch.arange(values.shape[0]), sel]
             assert torch.equal(kept, ok.any(1))
         assert valid_out.float().mean() >= 0.75   # was 0 of 16 when invalid_value 0 won
-    elif method == "smc":
+    elif method in ("smc", "das"):
         assert valid_out.all()
     elif method in ("random-search", "zero-order-search"):
         any_valid = torch.stack([v.view(n, -1).any(1) for v in seen], 1).any(1)   # rows are sample-major
