@@ -112,8 +112,9 @@ def test_palette_gives_25_methods_distinct_colour_and_marker_pairs():
     names = ["ancestral", "best-of-n", "smc", "svdd-pm", "svdd-r"] + [f"dps[guidance_scale={s}]" for s in range(20)]
     styles = method_styles(names)
     assert len(styles) == 25 and len(set(styles.values())) == 25
-    # the first 16 colours are all different, and the shipped methods keep their style in any company
-    assert len({styles[n][0] for n in sorted(styles)[:16]}) >= 12
+    # up to 16 methods every colour differs; the shipped methods keep their style in any company
+    sixteen = method_styles(names[:16])
+    assert len({c for c, _ in sixteen.values()}) == 16
     assert method_styles(["svdd-pm"])["svdd-pm"] == styles["svdd-pm"]
     assert method_styles(["svdd-r", "ancestral"])["ancestral"] == styles["ancestral"]
 

@@ -381,20 +381,29 @@ MARKERS = ["o", "s", "^", "D", "v", "P", "X", "<", ">", "p", "h"]    # 11 is cop
 
 
 def method_styles(names) -> dict[str, tuple[str, str]]:
-    """name -> (colour, marker), distinct for up to 165 names. The shipped methods keep one
-    slot each (the same style in every report); other names (sweep variants, custom methods)
-    take the slots after them in natural order."""
+    """name -> (colour, marker), distinct pairs for up to 176 names. A shipped method keeps
+    one style in every report (colour and marker number i for the i-th of ``_METHOD_ORDER``);
+    other names (sweep variants, custom methods) take, in natural order, first the colours no
+    shipped method of this set uses, then the rest, each with the first marker still free."""
     names = sorted(set(names), key=_method_key)
-    slots, used = {}, set()
+    out, used = {}, set()
     for n in names:
         if n in _METHOD_ORDER:
-            slots[n] = _METHOD_ORDER.index(n)
-            used.add(slots[n])
-    free = (i for i in range(len(_METHOD_ORDER), 10 ** 6))
-    for n in names:
-        if n not in slots:
-            slots[n] = next(free)
-    return {n: (PALETTE[i % len(PALETTE)], MARKERS[i % len(MARKERS)]) for n, i in slots.items()}
+            i = _METHOD_ORDER.index(n)
+            out[n] = (i % len(PALETTE), i % len(MARKERS))
+            used.add(out[n])
+    taken = {c for c, _ in used}
+    avail = [c for c in range(len(PALETTE)) if c not in taken] + sorted(taken)
+    extras = [n for n in names if n not in out]
+    for j, n in enumerate(extras):
+        for step in range(len(PALETTE) * len(MARKERS)):
+            c = avail[(j + step // len(MARKERS)) % len(avail)]
+            m = (j + step) % len(MARKERS)
+            if (c, m) not in used:
+                break
+        out[n] = (c, m)
+        used.add((c, m))
+    return {n: (PALETTE[c], MARKERS[m]) for n, (c, m) in out.items()}
 
 
 def dodge_factors(points: dict, *, y_tol: float = 0.0, step: float = 0.025, tol: float = 0.02) -> dict:
@@ -496,7 +505,7 @@ def _label_points(ax, items, fontsize: float = 7.0, obstacles=()) -> None:
     to_px = ax.transData.transform
     box = ax.get_window_extent()
     k = fig.dpi / 72.0
-    h, gap, r = 1.2 * fontsize * k, 4.0 * k, 4.0 * k
+    h, gap, r = 1.2 * fontsize * k, 4.5 * k, 5.0 * k
     pts = [to_px((x, y)) for x, y, *_ in items if np.isfinite(x) and np.isfinite(y)]
     pts += [to_px(p) for p in obstacles if np.all(np.isfinite(p))]
     rects = [(px - r, py - r, px + r, py + r) for px, py in pts]      # markers, then placed labels
@@ -547,9 +556,15 @@ def _legend_outside(fig, handles, labels) -> None:
 
 
 def _ref_lines(ax, refs) -> None:
+    """The exact laws' medians as horizontal lines; with several targets (an α sweep) each
+    line is also named at the left edge, as dashed lines look alike in a legend."""
+    targets = [r for r in refs if r["key"] == "target"]
     for ref in refs:
         ax.axhline(ref["median"], ls="--" if ref["key"] == "target" else ":",
                    color="k" if ref["key"] == "target" else "gray", lw=1, label=ref["label"] + " (median)")
+        if len(targets) > 1 and ref["key"] == "target" and ref.get("alpha") is not None:
+            ax.annotate(f"α = {ref['alpha']:g}", (0.0, ref["median"]), xycoords=("axes fraction", "data"),
+                        xytext=(2, 1), textcoords="offset points", fontsize=6.5, va="bottom", ha="left")
 
 
 def _scores(summaries) -> list[tuple[str, str]]:
