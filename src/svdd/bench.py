@@ -134,6 +134,41 @@ COST_MODELS: dict[str, Callable[..., dict]] = {
 }
 
 
+# tree / search methods of issue 17 (dts, dts-star and dsearch have data-dependent costs: calibrated)
+def _treeg_cost(k, K, params, kind):
+    a = params.get("active_size") or params.get("num_samples", 1)
+    n = params.get("num_samples", 1)
+    return _cost((a + (K - 1) * a * k) / n, ((K - 1) * a * k + (a if kind == "gaussian" else a * k)) / n)
+
+
+def _noise_trajectory_cost(k, K, params, kind):
+    per = k * params.get("num_candidates", 4)
+    return _cost(1 + (K - 1) * per, (K - 1) * per + (1 if kind == "gaussian" else per))
+
+
+def _refinement_cost(k, K, params, kind):
+    m = params.get("num_candidates", 4)
+    j = min(max(int(round(K * (1.0 - float(params.get("renoise_fraction", 0.3))))), 0), K - 1)
+    last = 1 if kind == "gaussian" else m
+    return _cost(1 + (K - 1) * m + k * (1 + (K - j - 1) * m), (K - 1) * m + last + k * ((K - j - 1) * m + last))
+
+
+def _paths_cost(k, K, params, kind):
+    start = params.get("start_step")
+    level, f, b = (K // 4 if start is None else start), params.get("forward_steps", 1), params.get("backward_steps", 2)
+    nfe, calls = float(level), 0.0
+    while level < K:
+        back = max(level - f, 0)
+        level = min(back + b, K)
+        nfe += k * (level - back) + (k if level < K else 0)
+        calls += k
+    return _cost(nfe, calls)
+
+
+COST_MODELS.update({"treeg": _treeg_cost, "noise-trajectory-search": _noise_trajectory_cost,
+                    "iterative-refinement": _refinement_cost, "search-over-paths": _paths_cost})
+
+
 def register_cost_model(name: str, fn: Callable[..., dict]) -> None:
     """``fn(knob_value, num_steps, params, process_kind) -> {"nfe", "reward_calls", "value_calls",
     "grad_passes", "exact"}`` per final sample; used by the budget matcher for algorithm ``name``.
