@@ -331,6 +331,12 @@ def load_suite(suite, *, quick: bool = False) -> dict:
             m = {"method": m}
         if not isinstance(m, dict) or "method" not in m:
             raise BenchError(f"each method entry needs 'method: NAME', got {m!r}")
+        for key in ("method", "label"):
+            if m.get(key) is not None and not isinstance(m[key], str):
+                raise BenchError(f"a methods entry's {key}: must be a name, got {m[key]!r}")
+        guide = m.get("guide")
+        if guide is not None and not isinstance(guide, (str, dict)):
+            raise BenchError(f"guide: of {m['method']!r} must be a reward spec or a mapping reward: spec, got {guide!r}")
         norm.append(dict(m))
     data["methods"] = norm
     return data
@@ -395,7 +401,10 @@ def _check_suite_values(data: dict) -> None:
     if not isinstance(data["rewards"], list) or not data["rewards"]:
         raise BenchError(f"rewards: must be a non-empty list of reward specs, got {data['rewards']!r}")
     evals = data.get("eval_rewards") or []
-    specs = list(data["rewards"]) + (sum(evals.values(), []) if isinstance(evals, dict) else list(evals))
+    lists = list(evals.values()) if isinstance(evals, dict) else [evals]
+    if not all(isinstance(v, list) for v in lists):
+        raise BenchError(f"eval_rewards: must be a list of reward specs, or a mapping reward: [specs], got {evals!r}")
+    specs = list(data["rewards"]) + [spec for v in lists for spec in v]
     for spec in specs:
         if spec is None:
             continue
