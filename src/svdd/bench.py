@@ -134,7 +134,7 @@ COST_MODELS: dict[str, Callable[..., dict]] = {
 }
 
 
-# tree / search methods of issue 17 (dts, dts-star and dsearch have data-dependent costs: calibrated)
+# tree / search methods of issue 17 (dts, dts-star: an upper bound, then calibrated; dsearch: calibrated)
 def _treeg_cost(k, K, params, kind):
     a = params.get("active_size") or params.get("num_samples", 1)
     n = params.get("num_samples", 1)
@@ -165,7 +165,15 @@ def _paths_cost(k, K, params, kind):
     return _cost(nfe, calls)
 
 
-COST_MODELS.update({"treeg": _treeg_cost, "noise-trajectory-search": _noise_trajectory_cost,
+def _dts_cost(k, K, params, kind):
+    # an upper bound (every rollout from the root: k·K per tree), a starting point for calibration
+    n = params.get("num_samples", 1)
+    trees = params.get("num_trees") or (n if params.get("greedy") else 1)
+    return _cost(k * K * trees / n, k * trees / n, exact=False)
+
+
+COST_MODELS.update({"dts": _dts_cost, "dts-star": lambda k, K, p, kind: _dts_cost(k, K, {**p, "greedy": True}, kind),
+                    "treeg": _treeg_cost, "noise-trajectory-search": _noise_trajectory_cost,
                     "iterative-refinement": _refinement_cost, "search-over-paths": _paths_cost})
 
 
