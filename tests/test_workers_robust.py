@@ -76,6 +76,20 @@ def _killer(marker: Path, plan: list[tuple[str, int]], log: list) -> threading.T
     return thread
 
 
+def once_then_crash_on_start(marker_dir: str):
+    """Squares in the first worker; every later worker crashes its interpreter while starting."""
+    marker = Path(marker_dir) / "first"
+    try:
+        os.close(os.open(marker, os.O_CREAT | os.O_EXCL))
+    except FileExistsError:
+        os._exit(1)
+
+    def reward(x):
+        return x.flatten(1).double().pow(2).sum(1)
+    reward.name = "square"
+    return reward
+
+
 def _pids_in_order(marker: Path, prefix: str) -> list[int]:
     """Distinct pids that wrote ``prefix_*`` markers, in the order they first did."""
     files = sorted(marker.glob(f"{prefix}_*"), key=lambda p: p.stat().st_mtime_ns)
@@ -83,42 +97,30 @@ def _pids_in_order(marker: Path, prefix: str) -> list[int]:
 
 
 # -- real kills ---------------------------------------------------------------------------------
-def test_worker_killed_while_starting_and_while_idle_is_replaced_and_counted(tmp_path):
-    x = torch.arange(6, dtype=torch.float64).reshape(6, 1)
-    log: list = []
-    killer = _killer(tmp_path, [("start", 0)], log)   # the first worker dies inside its factory
-    factory = _partial(marked_square, str(tmp_path), start_delay=0.6)
-    with RewardPool(factory, 1, backend="process", chunk_size=2, cache=False) as pool:
-        killer.join(DEADLINE_S)
-        assert log and log[0][0] == "start", log
-        assert pool.counters()["worker_deaths"] == 1 and pool.counters()["worker_restarts"] == 1
-        assert torch.equal(pool(x), x[:, 0].pow(2).float())
-        idle = pool._backend.procs[0].pid
-        assert idle != log[0][1]
-        _kill(idle)                                    # now kill it while it waits for work
-        assert torch.equal(pool(x + 1), (x[:, 0] + 1).pow(2).float())
-        c = pool.counters()
-        assert pool._backend.procs[0].pid not in (idle, log[0][1])
-    assert c["worker_deaths"] == 2 and c["worker_restarts"] == 2
-    # the idle death was found before a task was handed to the dead worker: no attempt lost
-    assert c["retries"] == 0 and c["failures"] == 0 and c["completed"] == 6
-
-
-def test_worker_killed_while_busy_then_its_replacement_killed_while_starting(tmp_path):
+def test_worker_killed_while_starting_busy_and_idle_is_replaced_and_counted(tmp_path):
+    """One worker slot, five workers: the 1st is killed inside its factory while the pool is being
+    built, the 2nd in its first call, the 3rd (its replacement) inside its factory during the
+    call, the 4th while idle between calls; the 5th finishes. Every result is exact."""
     x = torch.arange(5, dtype=torch.float64).reshape(5, 1)
     log: list = []
-    factory = _partial(marked_square, str(tmp_path), start_delay=0.4, call_delay=0.3)
+    killer = _killer(tmp_path, [("start", 0), ("busy", 0), ("start", 2)], log)
+    factory = _partial(marked_square, str(tmp_path), start_delay=0.5, call_delay=0.2)
     with RewardPool(factory, 1, backend="process", chunk_size=1, max_retries=2, cache=False) as pool:
-        first = pool._backend.procs[0].pid
-        # kill the worker in its first call, then the next worker while it builds its reward
-        killer = _killer(tmp_path, [("busy", 0), ("start", 1)], log)
-        out = pool(x)
-        killer.join(DEADLINE_S)
         c = pool.counters()
-    assert [k for k, _ in log] == ["busy", "start"] and log[0][1] == first, log
-    assert torch.equal(out, x[:, 0].pow(2).float())
-    assert c["worker_deaths"] == 2 and c["worker_restarts"] == 2
-    assert c["retries"] == 1 and c["failures"] == 0 and c["completed"] == 5
+        assert (c["worker_deaths"], c["worker_restarts"]) == (1, 1)     # killed while starting
+        assert torch.equal(pool(x), x[:, 0].pow(2).float())             # killed busy, then while starting
+        killer.join(DEADLINE_S)
+        assert [k for k, _ in log] == ["start", "busy", "start"], log
+        c = pool.counters()
+        assert (c["worker_deaths"], c["worker_restarts"], c["retries"]) == (3, 3, 1)
+        idle = pool._backend.procs[0].pid
+        _kill(idle)                                                      # killed while idle
+        assert torch.equal(pool(x + 1), (x[:, 0] + 1).pow(2).float())
+        c = pool.counters()
+        assert pool._backend.procs[0].pid not in {idle, *(pid for _, pid in log)}
+    assert (c["worker_deaths"], c["worker_restarts"]) == (4, 4)
+    # the idle death was found before a task was handed to the dead worker: no attempt lost
+    assert c["retries"] == 1 and c["failures"] == 0 and c["completed"] == 10
 
 
 @pytest.mark.slow
@@ -154,6 +156,24 @@ def _partial(fn, *args, **kwargs):
     import functools
 
     return functools.partial(fn, *args, **kwargs)
+
+
+def test_a_pool_that_cannot_replace_its_workers_stops_the_run_with_a_resume_hint(tmp_path):
+    from svdd.distributed import RewardPoolError
+    from svdd.rewards.base import as_reward
+
+    x = torch.arange(3, dtype=torch.float64).reshape(3, 1)
+    with RewardPool(_partial(once_then_crash_on_start, str(tmp_path)), 1, backend="process", cache=False) as pool:
+        pool._backend.max_start_failures = 1      # retire the slot at the first replacement that crashes
+        reward = as_reward(pool)
+        assert torch.equal(reward(x), x[:, 0].pow(2).float())
+        _kill(pool._backend.procs[0].pid)
+        with pytest.raises(RewardPoolError) as info:   # a RewardError: not swallowed as "invalid samples"
+            reward(x + 1)
+        c = pool.counters()
+    message = str(info.value)
+    assert "no worker is available" in message and "--resume" in message and "\n" not in message
+    assert c["worker_deaths"] == 2 and c["worker_restarts"] == 1
 
 
 # -- the scheduler's final error (pure logic, a fake backend) -----------------------------------

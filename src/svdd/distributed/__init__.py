@@ -18,9 +18,9 @@ Backends: ``local`` (in-process, the default), ``process`` (``multiprocessing``)
 
 from .factories import DomainProcessFactory, DomainRewardFactory, ValueFactory
 from .pool import BACKENDS, DistributedError, PoolCounters, TaskFailure, ensure_ray, import_ray
-from .rewards import RewardPool, row_key
+from .rewards import RewardPool, RewardPoolError, row_key
 from .shards import BASELINE_SEED_OFFSET, COUPLED, run_sharded, shard_plan, shard_seed
 
-__all__ = ["run_sharded", "RewardPool", "DistributedError", "TaskFailure", "PoolCounters", "BACKENDS",
+__all__ = ["run_sharded", "RewardPool", "RewardPoolError", "DistributedError", "TaskFailure", "PoolCounters", "BACKENDS",
            "shard_plan", "shard_seed", "BASELINE_SEED_OFFSET", "COUPLED", "DomainProcessFactory",
            "DomainRewardFactory", "ValueFactory", "import_ray", "ensure_ray", "row_key"]

@@ -27,8 +27,15 @@ from typing import Callable, Hashable, MutableMapping, Optional
 import torch
 from torch import Tensor
 
+from ..rewards.base import RewardError
 from .pool import (DistributedError, PoolCounters, Task, _take_counts, check_backend, check_retry_args, make_backend,
                    run_tasks)
+
+
+class RewardPoolError(DistributedError, RewardError):
+    """The pool cannot score any more (no worker can be started, or it was closed). A
+    ``RewardError``, so the library's safe evaluation stops the run with this one line instead of
+    scoring every later sample invalid; the finished shards are kept for ``--resume``."""
 
 
 def row_key(row: Tensor) -> Hashable:
@@ -113,7 +120,7 @@ class RewardPool:
     # -- evaluation ---------------------------------------------------------------------------
     def __call__(self, x0: Tensor) -> Tensor:
         if self._backend is None:
-            raise DistributedError("this RewardPool is closed; build a new one")
+            raise RewardPoolError("this RewardPool is closed; build a new one")
         n = len(x0)
         self.requested += n
         out = torch.full((n,), float("nan"), dtype=torch.float32)
@@ -147,8 +154,13 @@ class RewardPool:
                     return [task]
                 return [Task([r], x_cpu[[r]], attempts=task.attempts, errors=list(task.errors)) for r in task.key]
 
-            run_tasks(self._backend, tasks, counters=self.stats, on_result=on_result, on_failure=on_failure,
-                      timeout_s=self.timeout_s, max_retries=self.max_retries, split=split)
+            try:
+                run_tasks(self._backend, tasks, counters=self.stats, on_result=on_result, on_failure=on_failure,
+                          timeout_s=self.timeout_s, max_retries=self.max_retries, split=split)
+            except RewardPoolError:
+                raise
+            except DistributedError as err:   # no worker left: stop the run, do not score the rest invalid
+                raise RewardPoolError(f"reward pool {self.name!r}: {err}") from None
             self.calls += len(values)
             for k, rows in rows_of.items():
                 v = values.get(rows[0])
