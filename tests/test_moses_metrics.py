@@ -218,3 +218,18 @@ def test_molecule_metrics_reports_both_diversities_and_the_moses_set(sample, ref
     valid = [mm.canonical_smiles(s) for s in smiles[:48]]
     fps = M.fingerprints([mol_from_smiles(s) for s in valid])
     assert out["moses_intdiv"] == pytest.approx(M.intdiv(fps))
+
+
+def test_command_line_prints_the_metrics_of_a_samples_csv(tmp_path, monkeypatch, capsys, reference):
+    import json
+
+    monkeypatch.setattr(M, "default_reference", lambda: reference)
+    path = tmp_path / "samples.csv"
+    path.write_text("index,smiles,reward\n0,CCOC(=O)c1ccccc1,0.5\n1,not-a-smiles,0.1\n2,Cc1ccc(-c2ccccc2)cc1,0.2\n")
+    M.main([str(path), "--no-filters"])
+    out = json.loads(capsys.readouterr().out)
+    assert out["num_molecules"] == 3 and out["num_valid"] == 2 and out["moses_reference"] == "sample-test-600"
+    assert out["moses_intdiv"] < out["internal_diversity"] and "moses_filters" not in out
+    with pytest.raises(SystemExit) as err:
+        M.main([str(tmp_path / "missing.txt")])
+    assert err.value.code == 2

@@ -442,3 +442,60 @@ def moses_metrics(valid_smiles: Sequence[str], reference: ReferenceLike = None, 
         else:
             out["moses_filters"] = (sum(passes_filters(m, patterns) for m in mols) / len(mols)) if mols else None
     return out
+
+
+# ------------------------------------------------------------------------------------------------
+# command line: python -m svdd.domains.molecules.moses_metrics
+# ------------------------------------------------------------------------------------------------
+def _read_smiles_file(path: Path) -> list[str]:
+    lines = [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
+    if lines and "," in lines[0]:   # a CSV with a SMILES / smiles column (svdd's samples.csv)
+        rows = list(csv.reader(lines))
+        cols = [c.strip().lower() for c in rows[0]]
+        col = cols.index("smiles") if "smiles" in cols else 0
+        return [row[col] for row in rows[1:] if len(row) > col]
+    return [line.split()[0] for line in lines]
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    """Print the MOSES metrics (and svdd's internal diversity) of a SMILES set as JSON."""
+    import argparse
+    import json
+
+    from . import data
+    from .chem import canonical_smiles
+    from .metrics import internal_diversity
+
+    ap = argparse.ArgumentParser(prog="python -m svdd.domains.molecules.moses_metrics",
+                                 description="MOSES metrics of SMILES against the MOSES test set.")
+    src = ap.add_mutually_exclusive_group(required=True)
+    src.add_argument("smiles_file", nargs="?", help="one SMILES per line, or a CSV with a SMILES column")
+    src.add_argument("--sample", choices=["train", "test"], help="the committed 2,000-molecule sample")
+    src.add_argument("--moses-train", type=int, metavar="N", help="N random MOSES train molecules (--seed)")
+    ap.add_argument("--first", type=int, default=None, help="only the first N molecules")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--no-filters", action="store_true")
+    args = ap.parse_args(argv)
+    if args.sample:
+        smiles, what = list(data.load_sample()[args.sample]), f"committed sample, {args.sample}"
+    elif args.moses_train:
+        train = data.load_moses("train")
+        idx = np.random.default_rng(args.seed).permutation(len(train))[:args.moses_train]
+        smiles, what = [train[i] for i in idx], f"{args.moses_train} random MOSES train (seed {args.seed})"
+    else:
+        if not Path(args.smiles_file).is_file():
+            ap.error(f"no such file: {args.smiles_file}")
+        smiles, what = _read_smiles_file(Path(args.smiles_file)), args.smiles_file
+    smiles = smiles[:args.first] if args.first else smiles
+    start = time.time()
+    valid = [c for c in (canonical_smiles(s) for s in smiles) if c]
+    out = {"input": what, "num_molecules": len(smiles), "num_valid": len(valid),
+           **moses_metrics(valid, filters=not args.no_filters),
+           "internal_diversity": _finite(internal_diversity(valid)),
+           "moses_intdiv2_paper_form": _finite(intdiv_paper(fingerprints(_mols(valid)), p=2))}
+    out["metrics_wall_time_s"] = round(time.time() - start, 1)
+    print(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()
