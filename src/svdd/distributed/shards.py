@@ -220,7 +220,7 @@ def run_sharded(method: str, process_factory: Callable, reward_factory: Callable
             backend_obj.close()
     if failed:
         first = min(failed)
-        where = (f"the {len(finished)} finished shards are saved in {folder}; rerun with resume=True"
+        where = (f"the {len(finished)} finished shards are saved in {folder}; rerun with --resume (resume=True)"
                  if folder is not None else f"{len(finished)} shards finished (pass shard_dir= to keep them)")
         raise TaskFailure(f"{len(failed)} of {len(sizes)} shards failed after {max_retries + 1} attempts "
                           f"(shard {first}: {failed[first][-1]}); {where}", finished=finished, failed=failed)
