@@ -384,7 +384,8 @@ def method_styles(names) -> dict[str, tuple[str, str]]:
     """name -> (colour, marker), distinct pairs for up to 176 names. A shipped method keeps
     one style in every report (colour and marker number i for the i-th of ``_METHOD_ORDER``);
     other names (sweep variants, custom methods) take, in natural order, first the colours no
-    shipped method of this set uses, then the rest, each with the first marker still free."""
+    shipped method owns (so a lone extra name keeps its colour across reports), then those of
+    shipped methods absent from the set, then the rest, each with the first marker still free."""
     names = sorted(set(names), key=_method_key)
     out, used = {}, set()
     for n in names:
@@ -393,7 +394,8 @@ def method_styles(names) -> dict[str, tuple[str, str]]:
             out[n] = (i % len(PALETTE), i % len(MARKERS))
             used.add(out[n])
     taken = {c for c, _ in used}
-    avail = [c for c in range(len(PALETTE)) if c not in taken] + sorted(taken)
+    spare = list(range(len(_METHOD_ORDER), len(PALETTE)))         # colours no shipped method owns
+    avail = spare + [c for c in range(len(_METHOD_ORDER)) if c not in taken] + sorted(taken)
     extras = [n for n in names if n not in out]
     for j, n in enumerate(extras):
         for step in range(len(PALETTE) * len(MARKERS)):
@@ -505,7 +507,7 @@ def _label_points(ax, items, fontsize: float = 7.0, obstacles=()) -> None:
     to_px = ax.transData.transform
     box = ax.get_window_extent()
     k = fig.dpi / 72.0
-    h, gap, r = 1.2 * fontsize * k, 4.5 * k, 5.0 * k
+    h, gap, r = 1.2 * fontsize * k, 6.0 * k, 5.0 * k      # gap > r: a label never covers its own marker
     pts = [to_px((x, y)) for x, y, *_ in items if np.isfinite(x) and np.isfinite(y)]
     pts += [to_px(p) for p in obstacles if np.all(np.isfinite(p))]
     rects = [(px - r, py - r, px + r, py + r) for px, py in pts]      # markers, then placed labels
