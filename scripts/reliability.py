@@ -421,7 +421,8 @@ def probe_malformed(args) -> Probe:
                 why = "accepted silently (exit 0)"
             elif outcome == "messy":
                 why = (f"exit {res['rc']}, {len(errors)} error line(s)"
-                       f"{', a usage block' if 'usage:' in res['stderr'] else ''}: {brief(res['stderr']) or '(no output)'}")
+                       f"{', a usage block' if 'usage:' in res['stderr'] else ''}: "
+                       f"{brief(res['stderr']) or '(no output)'}")
             elif wrong_message:
                 why = f"the error does not mention {needle!r}: {errors[0][:160]}"
             probe.add(cid, not why, why, repro, rc=res["rc"], wall_s=res["wall_s"], outcome=outcome)
@@ -445,12 +446,76 @@ def _kill_argv(domain: str, backend: str, out: Path, samples: int) -> list[str]:
     return argv
 
 
+def _kill_trial(trial: int, seed: int, domain: str, backend: str, ref_wall: float, out: Path, samples: int) -> dict:
+    """Kill -9 one run at random moments until a kill lands after shards were written (at most
+    6 rounds; a round that ends before its kill moment restarts the trial earlier), then resume."""
+    rng = random.Random(seed * 1000 + trial)
+    argv = _kill_argv(domain, backend, out, samples)
+    total = 2 * samples
+    kills, moments, shards_at_kill, log, orphans, orphan_s = 0, [], [], [], 0, 0.0
+    frac_hi = 1.0
+    by_count = (trial // len(KILL_CONFIGS)) % 2 == 1
+    for round_ in range(8):
+        t = rng.uniform(0.05, frac_hi) * ref_wall
+        k, extra = rng.randint(1, total - 1), rng.uniform(0, 0.2)
+        cmd = svdd_cmd(argv + (["--resume"] if kills else []))
+        started = time.perf_counter()
+        p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                             start_new_session=True, env=_env())
+        finished = False
+        if by_count:                            # the moment k shards exist, plus 0-200 ms
+            while p.poll() is None and _shard_count(out) < k and time.perf_counter() - started < 600:
+                time.sleep(0.02)
+            time.sleep(extra)
+            finished = p.poll() is not None
+            t = time.perf_counter() - started
+        else:                                   # a random moment of the run's wall time
+            try:
+                p.wait(timeout=t)
+                finished = True
+            except subprocess.TimeoutExpired:
+                pass
+        if finished:                            # it ended before the kill moment: start over, earlier
+            err = p.stderr.read() if p.stderr else ""
+            if TRACEBACK in err:
+                log.append(f"round {round_}: traceback: {brief(err)}")
+            _kill_group(p.pid)
+            shutil.rmtree(out, ignore_errors=True)
+            kills, moments, shards_at_kill = 0, [], []
+            frac_hi = max(0.15, frac_hi * 0.6)
+            continue
+        os.kill(p.pid, signal.SIGKILL)          # kill -9 of the run's main process only
+        p.wait()
+        kills += 1
+        moments.append(round(t, 2))
+        waited = time.perf_counter()
+        while _group_alive(p.pid) and time.perf_counter() - waited < 15:   # its orphaned workers
+            time.sleep(0.25)
+        orphan_s = max(orphan_s, time.perf_counter() - waited)
+        if _group_alive(p.pid):
+            orphans += 1
+        _kill_group(p.pid)
+        if p.stderr:
+            p.stderr.close()
+        n = _shard_count(out)
+        shards_at_kill.append(n)
+        if n > 0:                               # a kill amid (or after) the shard writes
+            break
+    res = run_svdd(argv + ["--resume"], timeout=600)
+    return {"argv": argv, "kills": kills, "kill_after_s": moments, "shards_at_kill": shards_at_kill,
+            "shards_total": total, "log": log, "orphans": orphans, "orphan_s": round(orphan_s, 2), "res": res}
+
+
 def probe_kill(args) -> Probe:
-    rng = random.Random(args.seed)
     probe = Probe("kill", {"trials": args.trials, "samples_per_run": args.samples,
-                           "shards_per_run": 2 * args.samples, "shard_size": 1,
-                           "configs": [f"{d} / {b}" for d, b in KILL_CONFIGS],
-                           "method": "svdd-pm (M = 2, with the pretrained baseline)"}, seed=args.seed)
+                           "shards_per_run": 2 * args.samples, "shard_size": 1, "parallel_trials": args.jobs,
+                           "configs": ", ".join(f"{d} / {b}" for d, b in KILL_CONFIGS),
+                           "method": "svdd-pm (M = 2) with the pretrained baseline, 4 (masked) or 10 (gaussian) "
+                                     "steps; process backend with 2 workers",
+                           "kill_moment": "half the trials at a time uniform in [0.05, 1] x the uninterrupted "
+                                          "run's wall time, half 0-200 ms after the k-th shard file appeared "
+                                          "(k uniform; seeded)"},
+                  seed=args.seed)
     for key in ("identical", "differing", "failed_to_resume", "tracebacks", "hangs", "kills", "orphans_left"):
         probe.counts[key] = 0
     base = Path(tempfile.mkdtemp(prefix="svdd-rel-kill-"))
@@ -463,76 +528,49 @@ def probe_kill(args) -> Probe:
             continue
         refs[(domain, backend)] = (fingerprint(out), res["wall_s"])
         print(f"  [kill] reference {domain}/{backend}: {res['wall_s']:.1f} s", flush=True)
-    if len({json.dumps(refs[k][0]["shards"], sort_keys=True) for k in refs if k[0] == "toy-masked"}) > 1:
-        probe.notes.append("the uninterrupted local and process runs of toy-masked differ from each other")
-    for trial in range(args.trials):
-        domain, backend = KILL_CONFIGS[trial % len(KILL_CONFIGS)]
+    for domain in ("toy-masked", "toy-gaussian"):
+        got = [refs[(domain, b)][0] for b in ("local", "process") if (domain, b) in refs]
+        if len(got) == 2 and diff_fingerprints(got[0], got[1]):
+            probe.notes.append(f"the uninterrupted local and process runs of {domain} differ: "
+                               + ", ".join(diff_fingerprints(got[0], got[1])[:4]))
+    plan = [(trial, *KILL_CONFIGS[trial % len(KILL_CONFIGS)]) for trial in range(args.trials)]
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(item):
+        trial, domain, backend = item
         if (domain, backend) not in refs:
-            probe.add(f"trial {trial:02d} {domain}/{backend}", False, "no reference run")
+            return None
+        return _kill_trial(trial, args.seed, domain, backend, refs[(domain, backend)][1], base / f"t{trial:02d}",
+                           args.samples)
+
+    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        outcomes = list(pool.map(one, plan))
+    for (trial, domain, backend), r in zip(plan, outcomes):
+        cid = f"trial {trial:02d} {domain}/{backend}"
+        if r is None:
+            probe.add(cid, False, "no reference run")
             probe.bump("failed_to_resume")
             continue
-        ref, ref_wall = refs[(domain, backend)]
+        argv, res = r["argv"], r["res"]
         out = base / f"t{trial:02d}"
-        argv = _kill_argv(domain, backend, out, args.samples)
-        kills, moments, shards_at_kill, log = 0, [], [], []
-        frac_hi = 1.0
-        for round_ in range(6):                  # kill rounds; repeat while the kill came very early
-            t = rng.uniform(0.05, frac_hi) * ref_wall
-            cmd = svdd_cmd(argv + (["--resume"] if (out.exists() and round_) or kills else []))
-            p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                                 start_new_session=True, env=_env())
-            try:
-                p.wait(timeout=t)
-                finished = True
-            except subprocess.TimeoutExpired:
-                finished = False
-            if finished:                        # it ended before the kill: retry earlier in a fresh folder
-                err = p.stderr.read() if p.stderr else ""
-                if TRACEBACK in err:
-                    log.append(f"round {round_}: traceback before the kill: {brief(err)}")
-                _kill_group(p.pid)
-                if kills == 0:
-                    shutil.rmtree(out, ignore_errors=True)
-                    frac_hi = max(0.2, frac_hi * 0.7)
-                    continue
-                break
-            os.kill(p.pid, signal.SIGKILL)      # kill -9 of the run's main process only
-            p.wait()
-            kills += 1
-            moments.append(round(t, 2))
-            time.sleep(0.3)
-            if _group_alive(p.pid):             # worker processes left behind by the killed run
-                time.sleep(2.0)
-                if _group_alive(p.pid):
-                    probe.bump("orphans_left")
-                    log.append("worker processes still alive 2 s after the kill")
-            _kill_group(p.pid)
-            if p.stderr:
-                p.stderr.close()
-            n = _shard_count(out)
-            shards_at_kill.append(n)
-            if n > 0:
-                break
-        probe.bump("kills", kills)
-        res = run_svdd(argv + ["--resume"], timeout=300)
-        repro = (f"svdd {_sh(argv)}  # kill -9 after {moments} s, then: svdd {_sh(argv + ['--resume'])}")
-        cid = f"trial {trial:02d} {domain}/{backend}"
-        extra = {"kills": kills, "kill_after_s": moments, "shards_at_kill": shards_at_kill}
-        if log:
-            extra["log"] = log
-        if kills == 0:
+        repro = (f"svdd {_sh(argv)}  # kill -9 after {r['kill_after_s']} s, then: svdd {_sh(argv + ['--resume'])}")
+        extra = {k: r[k] for k in ("kills", "kill_after_s", "shards_at_kill", "shards_total", "orphan_s")}
+        if r["log"]:
+            extra["log"] = r["log"]
+        probe.bump("kills", r["kills"])
+        probe.bump("orphans_left", r["orphans"])
+        if r["kills"] == 0:
             probe.add(cid, False, "the run always finished before the kill moment", repro, **extra)
             probe.bump("failed_to_resume")
             continue
-        tb = has_traceback(res)
-        probe.bump("tracebacks", tb)
+        probe.bump("tracebacks", has_traceback(res) or any("traceback" in x for x in r["log"]))
         probe.bump("hangs", res["timed_out"])
         if res["rc"] != 0 or res["timed_out"]:
             probe.bump("failed_to_resume")
             probe.add(cid, False, f"--resume exit {res['rc']}{' (hang)' if res['timed_out'] else ''}: "
                       f"{brief(res['stderr'])}", repro, **extra)
             continue
-        diff = diff_fingerprints(ref, fingerprint(out))
+        diff = diff_fingerprints(refs[(domain, backend)][0], fingerprint(out))
         leftovers = sorted(p.name for p in out.rglob(".*tmp*"))
         if leftovers:
             extra["temp_files_left"] = len(leftovers)
@@ -542,8 +580,13 @@ def probe_kill(args) -> Probe:
         else:
             probe.bump("identical")
             probe.add(cid, True, "", **extra)
-        if not args.keep:
-            shutil.rmtree(out, ignore_errors=True)
+    if probe.counts["orphans_left"]:
+        probe.notes.append(f"{probe.counts['orphans_left']} kill(s) of a --backend process run left worker processes "
+                           "alive 15 s later (they were then killed by the probe)")
+    slow = [c["orphan_s"] for c in probe.cases if c.get("orphan_s", 0) > 1]
+    if slow:
+        probe.notes.append(f"after {len(slow)} kill(s) the orphaned workers took {min(slow):.1f}–{max(slow):.1f} s "
+                           "to exit")
     if not args.keep:
         shutil.rmtree(base, ignore_errors=True)
     return probe
@@ -622,6 +665,12 @@ def probe_tamper(args) -> Probe:
         shutil.copytree(clean[backend], dst, symlinks=True)
         return dst
 
+    pending: list[tuple] = []
+
+    def later(argv, timeout, case_id, marker, **kw):
+        """Queue a run; the runs go in parallel (args.jobs) and are judged in order at the end."""
+        pending.append((argv, timeout, case_id, marker, kw))
+
     def check(case_id, res, marker, *, out=None, backend="local", outside=None, require_identical=False,
               require_report=None, allow_refusal=True, repro=""):
         why = []
@@ -661,17 +710,21 @@ def probe_tamper(args) -> Probe:
     # (a) pickle payloads in every file a pickle loader could read -------------------------------
     for backend in [b for b in ("local", "process") if b in clean]:
         files = sorted(p.relative_to(clean[backend]) for p in clean[backend].rglob("*") if p.is_file())
+        shards = [f for f in files if re.fullmatch(r"shard_\d+\.\w+", f.name)]
+        manifests = [f for f in files if f.name == "manifest.json"]
+        groups = [(str(f), [f]) for f in files if f not in shards and f not in manifests]
         if backend == "process":   # the process backend's own read path: the shard folders
-            files = [f for f in files if f.parts[0] == "shards"]
-        for j, rel in enumerate(files):
+            groups = []
+        groups += [("every shard file", shards), ("every shard manifest", manifests)]
+        for j, (what, rels) in enumerate(groups):
             out = fresh(backend)
             marker = marker_dir / f"{backend}-{counter[0]}"
-            kind = "torch" if j % 2 == 0 or rel.suffix in (".pt", ".safetensors") else "pickle"
-            (out / rel).write_bytes(_payload_bytes(marker, kind))
+            kind = "pickle" if j % 2 and len(rels) == 1 else "torch"
+            for rel in rels:
+                (out / rel).write_bytes(_payload_bytes(marker, kind))
             argv = _tamper_argv(out, backend, ["--resume"])
-            res = run_svdd(argv, timeout=120)
-            check(f"pickle/{backend}: {kind} payload replaces {rel}", res, marker, out=out, backend=backend,
-                  repro=f"# write a {kind} payload over RUN/{rel}, then: svdd {_sh(argv)}")
+            later(argv, 120, f"pickle/{backend}: {kind} payload replaces {what}", marker, out=out, backend=backend,
+                  repro=f"# write a {kind} payload over {', '.join(f'RUN/{r}' for r in rels)}; then: svdd {_sh(argv)}")
         # payloads appended after the real content of every shard (a loader that reads on)
         out = fresh(backend)
         marker = marker_dir / f"{backend}-append-{counter[0]}"
@@ -679,8 +732,7 @@ def probe_tamper(args) -> Probe:
             with open(p, "ab") as fh:
                 fh.write(_payload_bytes(marker, "pickle"))
         argv = _tamper_argv(out, backend, ["--resume"])
-        res = run_svdd(argv, timeout=120)
-        check(f"pickle/{backend}: payload appended to every shard", res, marker, out=out, backend=backend,
+        later(argv, 120, f"pickle/{backend}: payload appended to every shard", marker, out=out, backend=backend,
               require_report=r"shard|damag|checksum|recomput", repro=f"svdd {_sh(argv)}")
         # legacy shard_XXXXX.pt next to (or instead of) every shard, as older versions wrote them
         for replace in (False, True):
@@ -691,9 +743,9 @@ def probe_tamper(args) -> Probe:
                 if replace:
                     p.unlink()
             argv = _tamper_argv(out, backend, ["--resume"])
-            res = run_svdd(argv, timeout=120)
-            check(f"pickle/{backend}: legacy shard_*.pt payloads {'instead of' if replace else 'next to'} the shards",
-                  res, marker, out=out, backend=backend, repro=f"svdd {_sh(argv)}")
+            where = "instead of" if replace else "next to"
+            later(argv, 120, f"pickle/{backend}: legacy shard_*.pt payloads {where} the shards",
+                  marker, out=out, backend=backend, repro=f"svdd {_sh(argv)}")
     # a fitted value folder with planted pickles, loaded by svdd-mc
     value = base / "value"
     res = run_svdd(["fit-value", "--domain", "toy-masked", "--num-rollouts", "16", "--train-steps", "5",
@@ -702,17 +754,18 @@ def probe_tamper(args) -> Probe:
         probe.notes.append(f"fit-value failed: {brief(res['stderr'])}")
     else:
         vfiles = sorted(p.name for p in value.iterdir() if p.is_file())
-        for name in vfiles + ["value.pt", "model.pt", "pytorch_model.bin"]:
-            v2 = base / f"value-{name}"
+        for names in [[n] for n in vfiles] + [["value.pt", "model.pt", "pytorch_model.bin"]]:
+            name = ", ".join(names)
+            v2 = base / f"value-{names[0]}"
             shutil.copytree(value, v2)
-            marker = marker_dir / f"value-{name}"
-            (v2 / name).write_bytes(_payload_bytes(marker, "torch"))
-            out = base / f"value-run-{name}"
+            marker = marker_dir / f"value-{names[0]}"
+            for n in names:
+                (v2 / n).write_bytes(_payload_bytes(marker, "torch"))
+            out = base / f"value-run-{names[0]}"
             argv = ["sample", "--domain", "toy-masked", "--method", "svdd-mc", "--value", str(v2), "--num-samples",
                     "2", "--num-steps", "4", "--out", str(out), "--quiet"]
-            res = run_svdd(argv, timeout=120)
             planted = "planted" if name not in vfiles else "replaces"
-            check(f"pickle/value: payload {planted} {name}", res, marker,
+            later(argv, 120, f"pickle/value: payload {planted} {name}", marker,
                   repro=f"# svdd fit-value ... --out V; write a payload to V/{name}; then svdd {_sh(argv)}")
     # a bench folder: every file replaced by a payload, then svdd report
     bench_src = ROOT / "benchmarks" / "results" / "toys-quick"
@@ -726,8 +779,7 @@ def probe_tamper(args) -> Probe:
             marker = marker_dir / f"bench-{rel.name}-{counter[0]}"
             (b2 / rel).write_bytes(_payload_bytes(marker, "torch"))
             argv = ["report", str(b2), "--output", str(b2 / "r.md")]
-            res = run_svdd(argv, timeout=180)
-            check(f"pickle/bench report: payload replaces {rel}", res, marker,
+            later(argv, 180, f"pickle/bench report: payload replaces {rel}", marker,
                   repro=f"# copy benchmarks/results/toys-quick to B, payload over B/{rel}; svdd {_sh(argv)}")
     # (b) symlinks in place of outputs --------------------------------------------------------
     targets = [("local", "samples.csv"), ("local", "summary.json"), ("local", "config.json"),
@@ -756,8 +808,7 @@ def probe_tamper(args) -> Probe:
             src.symlink_to(target, target_is_directory=target.is_dir())
         before = {target: _snapshot(target)}
         argv = _tamper_argv(out, backend, ["--resume"])
-        res = run_svdd(argv, timeout=120)
-        check(f"symlink/{backend}: {rel if rel != '.' else '--out'} -> a file outside --out", res, None,
+        later(argv, 120, f"symlink/{backend}: {rel if rel != '.' else '--out'} -> a file outside --out", None,
               out=out if rel not in (".",) else None, backend=backend, outside=before,
               repro=f"# RUN/{rel} replaced by a symlink to a file outside RUN; then svdd {_sh(argv)}")
     # (c) damaged files -----------------------------------------------------------------------
@@ -810,10 +861,15 @@ def probe_tamper(args) -> Probe:
             probe.notes.append(f"could not apply damage {what!r} ({err}); the run folder layout changed?")
             continue
         argv = _tamper_argv(out, backend, ["--resume"])
-        res = run_svdd(argv, timeout=120)
-        check(f"damaged/{backend}: {what}", res, None, out=out, backend=backend, require_identical=True,
+        later(argv, 120, f"damaged/{backend}: {what}", None, out=out, backend=backend, require_identical=True,
               require_report=report, allow_refusal=False,
               repro=f"# {what} in a finished RUN; then svdd {_sh(argv)}")
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        results = list(pool.map(lambda job: run_svdd(job[0], timeout=job[1]), pending))
+    for (argv, timeout, case_id, marker, kw), res in zip(pending, results):
+        check(case_id, res, marker, **kw)
     if not args.keep:
         shutil.rmtree(base, ignore_errors=True)
     return probe
@@ -947,8 +1003,8 @@ FAULT_TEXT = {
     "wrong-shape": "(B, 2) values for B samples",
     "list": "a Python list of floats",
     "int": "an int64 tensor (round(10·r))",
-    "hang": "the first call blocks for good (run through `RewardPool(timeout_s=2)`: in-process rewards "
-            "cannot be timed out, as documented)",
+    "hang": "one call blocks for good (the reward runs in a `RewardPool` of 2 process workers with "
+            "`timeout_s=1`, shared by a domain's cells: in-process rewards cannot be timed out, as documented)",
 }
 
 
@@ -959,7 +1015,7 @@ def _failing(x0):
     flat = x0.reshape(len(x0), -1)
     if flat.is_floating_point():
         return flat[:, 0] < 0
-    return (flat.long().sum(1) % 2) == 0
+    return (flat.long().sum(1) % 3) != 0
 
 
 class FaultyReward:
@@ -1023,6 +1079,8 @@ def _reward_spec(domain: str, needs_grad: bool) -> Optional[str]:
 
 
 _CELL_CACHE: dict = {}
+_POOLS: dict = {}
+HANG_TIMEOUT_S = 1.0
 
 
 def run_cell(cell: dict) -> dict:
@@ -1044,24 +1102,33 @@ def run_cell(cell: dict) -> dict:
     if process.kind not in spec.kinds:
         return {"status": "n/a", "detail": f"{method} does not support {process.kind} processes"}
     rspec = _reward_spec(domain, spec.needs_gradients)
-    pool = None
+    base = d.make_reward(rspec)
+    if spec.needs_gradients and not getattr(base, "differentiable", False):
+        return {"status": "n/a", "detail": f"{domain} has no differentiable reward for {method}"}
     if fault == "hang":
-        from svdd.distributed import RewardPool
-
         if spec.needs_gradients:
             return {"status": "n/a", "detail": "worker rewards are not differentiable; in-process rewards "
                                                "cannot be timed out"}
-        flag = tempfile.mktemp(prefix="svdd-rel-hang-")
-        pool = RewardPool(FaultyFactory(domain, rspec, fault, flag), 1, backend="process", timeout_s=2.0,
-                          max_retries=0)
-        reward = pool
+        if domain not in _POOLS:               # one pool per domain; each cell re-arms the hang
+            from svdd.distributed import RewardPool
+
+            flag = os.path.join(tempfile.mkdtemp(prefix="svdd-rel-hang-"), "hung")
+            _POOLS[domain] = (RewardPool(FaultyFactory(domain, rspec, fault, flag), 2, backend="process",
+                                         timeout_s=HANG_TIMEOUT_S, max_retries=0, cache=False), flag)
+        reward, flag = _POOLS[domain]
+        if os.path.exists(flag):
+            os.unlink(flag)                    # the next call (in whichever worker) blocks for good
     else:
-        reward = FaultyReward(d.make_reward(rspec), fault)
+        reward = FaultyReward(base, fault)
     kwargs = {"num_samples": 2 if domain == "molecules" else 4,
               "num_steps": {"toy-gaussian": 8, "toy-masked": 4, "molecules": 4}[domain],
               "generator": torch.Generator().manual_seed(0), **METHOD_KNOBS.get(method, {})}
-    if spec.needs_value:
-        kwargs["value_fn"] = svdd.posterior_mean_value(process, reward)
+    if spec.needs_value:                       # an untrained value network: svdd-mc's reward path only
+        from svdd.values.learned import LearnedValue, default_network
+
+        with torch.random.fork_rng():
+            torch.manual_seed(0)
+            kwargs["value_fn"] = LearnedValue(default_network(process))
     started = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -1070,9 +1137,6 @@ def run_cell(cell: dict) -> dict:
             error = None
         except Exception as err:
             res, error = None, err
-        finally:
-            if pool is not None:
-                pool.close()
     wall = round(time.perf_counter() - started, 2)
     warns = [w for w in caught if type(w.message).__name__ == "RewardWarning"
              or w.category.__name__ == "RewardWarning"]
@@ -1112,7 +1176,17 @@ def _cell_worker_main() -> int:
                    "where": traceback.format_exc()[-600:]}
         real_stdout.write(json.dumps(res, default=str) + "\n")
         real_stdout.flush()
+    _close_pools()
     return 0
+
+
+def _close_pools() -> None:
+    for pool, _ in _POOLS.values():
+        try:
+            pool.close()
+        except Exception:
+            pass
+    _POOLS.clear()
 
 
 class CellWorker:
@@ -1169,7 +1243,7 @@ def probe_rewards(args) -> Probe:
                               "samples": "4 (toys), 2 (molecules)", "steps": "8 (gaussian), 4 (masked, molecules)",
                               "knobs": "M = N = 2, 4 particles, 2 DNO iterations",
                               "timeout_s": args.timeout, "faults_text": FAULT_TEXT,
-                              "failing_region": "x < 0 (gaussian), even token sum (masked, molecules)"})
+                              "failing_region": "x < 0 (gaussian), token sum not divisible by 3 (masked, molecules)"})
     for key in ("crashes", "hangs", "missing_warning", "wrong_shape_accepted", "not_applicable", "tracebacks"):
         probe.counts[key] = 0
     worker = CellWorker()
@@ -1228,7 +1302,10 @@ def probe_rewards(args) -> Probe:
 def _one_cell(spec: str) -> int:
     domain, method, fault = spec.split(",")
     sys.path.insert(0, str(ROOT / "src"))
-    print(json.dumps(run_cell({"domain": domain, "method": method, "fault": fault}), indent=1, default=str))
+    try:
+        print(json.dumps(run_cell({"domain": domain, "method": method, "fault": fault}), indent=1, default=str))
+    finally:
+        _close_pools()
     return 0
 
 
@@ -1322,7 +1399,8 @@ def render(results: Path = RESULTS) -> str:
     when = sorted({str(d.get("finished_utc")) for d in data.values()})
     wall = sum(float(d.get("wall_s") or 0) for d in data.values())
     cpus = sorted({str(d.get("host_cpu_count")) for d in data.values()})
-    lines += ["", f"Measured at revision {', '.join(revs)} ({when[0]} – {when[-1]}), on a shared {'/'.join(cpus)}-core "
+    lines += ["", f"Measured at revision {', '.join(revs)} ({when[0]} – {when[-1]}), on a shared "
+              f"{'/'.join(cpus)}-core "
               f"CPU machine; all probes together took {wall / 60:.1f} min.", ""]
     for name in PROBES:
         d = data.get(name)
@@ -1405,13 +1483,15 @@ def main(argv=None) -> int:
     sub = ap.add_subparsers(dest="probe", required=True)
     m = sub.add_parser("malformed")
     m.add_argument("--timeout", type=float, default=60)
-    m.add_argument("--jobs", type=int, default=2)
+    m.add_argument("--jobs", type=int, default=3)
     m.add_argument("--limit", type=int, default=None)
     k = sub.add_parser("kill")
     k.add_argument("--trials", type=int, default=26)
-    k.add_argument("--samples", type=int, default=40, help="samples per run (one shard each, plus the baseline's)")
+    k.add_argument("--samples", type=int, default=24, help="samples per run (one shard each, plus the baseline's)")
+    k.add_argument("--jobs", type=int, default=2, help="trials in parallel")
     k.add_argument("--seed", type=int, default=14)
-    sub.add_parser("tamper")
+    t = sub.add_parser("tamper")
+    t.add_argument("--jobs", type=int, default=3, help="runs in parallel")
     c = sub.add_parser("concurrent")
     c.add_argument("--trials", type=int, default=8)
     c.add_argument("--sleep", type=float, default=3.0, help="seconds added to the model load")
@@ -1445,8 +1525,9 @@ def main(argv=None) -> int:
         return _one_cell(args.cell)
     runners = {"malformed": probe_malformed, "kill": probe_kill, "tamper": probe_tamper,
                "concurrent": probe_concurrent, "rewards": probe_rewards}
-    defaults = {"malformed": dict(timeout=60.0, jobs=2, limit=None), "kill": dict(trials=26, samples=40, seed=14),
-                "tamper": {}, "concurrent": dict(trials=8, sleep=3.0, seed=14),
+    defaults = {"malformed": dict(timeout=60.0, jobs=3, limit=None),
+                "kill": dict(trials=26, samples=24, seed=14, jobs=2),
+                "tamper": dict(jobs=3), "concurrent": dict(trials=8, sleep=3.0, seed=14),
                 "rewards": dict(timeout=45.0, domains=None, cell=None)}
     names = [p for p in PROBES if p not in args.skip] if args.probe == "all" else [args.probe]
     failed = []
