@@ -15,8 +15,16 @@ Subcommands (results as JSON in ``benchmarks/results/molecule-representation/``)
     correction), uniqueness, novelty, internal diversity, FCD to MOSES test (≥ 1,000 valid
     molecules), and the structure shares (aromatic ring, any ring, ring > 7 atoms, heavy atoms).
 
+``train NAME --data DIR``  the fixed small budget every variant gets: ``scripts/train_molecules.py``
+    with 240 *CPU* seconds of training on one thread (CPU time, not wall time, so that other
+    jobs on a shared machine do not shorten one variant's run), dim 128, depth 4, 4 heads, batch
+    96, AdamW lr 7e-4 after 200 warm-up steps, constant; output ``runs/molrep/NAME/model``.
+
 ``table``  the markdown table of every ``evaluate`` JSON in the results folder.
 
+    python scripts/molecule_representation.py train selfies --data .gpu-data/molecules
+    python scripts/molecule_representation.py train smiles --data .gpu-data/molecules-smiles
+    python scripts/molecule_representation.py train smiles-random --data .gpu-data/molecules-smiles-random
     python scripts/molecule_representation.py diagnose --model-dir src/svdd/domains/molecules/assets/moses-selfies
     python scripts/molecule_representation.py evaluate runs/rep/smiles/moses-smiles --steps 32 --num-samples 2000 \\
         --name smiles-canonical
@@ -89,6 +97,53 @@ def ring_census(smiles: list[str], top: int = 12) -> dict:
     return {"n_valid": n, "rings_per_molecule": round(sum(counts.values()) / max(n, 1), 3), "top": rows}
 
 
+def selfies_roles(tokens: list[str]) -> list[str]:
+    """Role of each SELFIES token: ``ring``/``branch`` (the [RingN]/[BranchN] symbol), ``ring-size``
+    /``branch-size`` (the N index symbols after it, read as numbers), ``atom`` (single-bonded
+    atom), ``atom=`` / ``atom#`` (atom with a double/triple bond to the previous one), ``pad``."""
+    roles, pending = [], []
+    for t in tokens:
+        if pending:
+            roles.append(pending.pop())
+            continue
+        if t == "[PAD]":
+            roles.append("pad")
+        elif "Ring" in t:
+            roles.append("ring")
+            pending = ["ring-size"] * int(t[-2])
+        elif "Branch" in t:
+            roles.append("branch")
+            pending = ["branch-size"] * int(t[-2])
+        else:
+            roles.append("atom=" if t.startswith("[=") else "atom#" if t.startswith("[#") else "atom")
+    return roles
+
+
+@torch.no_grad()
+def token_loss_by_role(proc, tok, ids: torch.Tensor, seed: int = 0, reps: int = 4) -> dict:
+    """Mean cross-entropy (nats) of the model at masked positions, by SELFIES role, with the mask
+    rate drawn uniformly in (0, 1) per sequence (the training distribution of the loglinear schedule)."""
+    gen = torch.Generator().manual_seed(seed)
+    roles = [selfies_roles([tok.tokens[i] for i in row]) for row in ids.tolist()]
+    total: collections.Counter = collections.Counter()
+    count: collections.Counter = collections.Counter()
+    for _ in range(reps):
+        for b in range(0, ids.shape[0], 250):
+            x0 = ids[b:b + 250]
+            t = torch.rand(x0.shape[0], generator=gen)
+            masked = torch.rand(x0.shape, generator=gen) < t[:, None]
+            xt = torch.where(masked, torch.full_like(x0, tok.mask_id), x0)
+            logits = proc.model(xt, t.float())
+            logits[..., tok.mask_id] = float("-inf")
+            ce = -torch.log_softmax(logits.float(), -1).gather(-1, x0[..., None])[..., 0]
+            for i, j in masked.nonzero().tolist():
+                r = roles[b + i][j]
+                total[r] += float(ce[i, j])
+                count[r] += 1
+    return {r: {"mean_ce_nats": round(total[r] / count[r], 3), "share_of_tokens": round(count[r] / sum(count.values()), 3)}
+            for r in sorted(count, key=lambda r: -total[r] / count[r])}
+
+
 # -- sampling --------------------------------------------------------------------------------------
 def sample_model(model_dir: Path, num_samples: int, steps: int, seed: int, batch: int = 500):
     import svdd
@@ -138,6 +193,13 @@ def cmd_diagnose(args) -> None:
     out["moses_test_sample"] = {"structure": structure(test), "rings": ring_census(test)}
     if args.model_dir:
         out["model"] = {"dir": str(args.model_dir), "by_steps": {}}
+        from svdd.domains.molecules import load_model
+
+        proc = load_model(path=str(args.model_dir))
+        if isinstance(proc.tokenizer, SelfiesTokenizer):
+            ids = proc.tokenizer.encode(list(mdata.load_sample()["test"]))
+            out["model"]["test_loss_by_role"] = token_loss_by_role(proc, proc.tokenizer, ids)
+            print("loss by role", out["model"]["test_loss_by_role"], flush=True)
         for k in args.steps:
             proc, x0, wall = sample_model(Path(args.model_dir), args.num_samples, k, args.seed + k)
             smiles = proc.tokenizer.decode(x0)
@@ -183,6 +245,23 @@ def cmd_evaluate(args) -> None:
         print(f"wrote {path}")
 
 
+TRAIN_SETTINGS = ["--device", "cpu", "--seed", "0", "--dim", "128", "--depth", "4", "--heads", "4",
+                  "--batch-size", "96", "--lr", "7e-4", "--warmup", "200", "--cpu-budget", "240",
+                  "--checkpoint-every", "0", "--threads", "1", "--num-samples", "0", "--sample-steps", "",
+                  "--eval-size", "2000"]
+
+
+def cmd_train(args) -> None:
+    import os
+    import subprocess
+
+    out = ROOT / "runs" / "molrep" / args.name
+    cmd = [sys.executable, str(ROOT / "scripts" / "train_molecules.py"), "--data", args.data, "--out", str(out),
+           "--checkpoint-dir", str(out / "ckpt"), "--export", str(out / "model"), *TRAIN_SETTINGS]
+    print(" ".join(cmd), flush=True)
+    raise SystemExit(subprocess.call(cmd, env={**os.environ, "PYTHONUNBUFFERED": "1"}))
+
+
 def cmd_table(args) -> None:
     rows = []
     for p in sorted(Path(args.dir).glob("*-s*.json")):
@@ -215,11 +294,14 @@ def main() -> None:
     e.add_argument("--num-samples", type=int, default=2000)
     e.add_argument("--seed", type=int, default=100)
     e.add_argument("--out-dir", default=None)
+    tr = sub.add_parser("train")
+    tr.add_argument("name")
+    tr.add_argument("--data", required=True)
     t = sub.add_parser("table")
     t.add_argument("--dir", default=str(RESULTS))
     args = ap.parse_args()
     torch.set_num_threads(1)
-    {"diagnose": cmd_diagnose, "evaluate": cmd_evaluate, "table": cmd_table}[args.cmd](args)
+    {"diagnose": cmd_diagnose, "evaluate": cmd_evaluate, "train": cmd_train, "table": cmd_table}[args.cmd](args)
 
 
 if __name__ == "__main__":
