@@ -43,6 +43,9 @@ FIT_OUT = FIT + ("--out", "{tmp}/value")
 BENCH = ("bench", "{tmp}/suite.yaml", "--out", "{tmp}/bench")
 VALUE = "{tmp}/value"
 UNWRITABLE = "{unwritable}"     # a folder nobody may create (see _unwritable)
+# Huge sizes are refused by a memory estimate before anything is allocated; they are chosen to
+# exceed any machine (>= 1 TB for the samples alone), so the corpus holds on a 128 GB GPU host too.
+HUGE_N = ("--num-samples", "64")  # the CLI's default, as in `svdd sample --num-candidates 1000000000`
 
 
 def _sample(*extra, base=MASKED):
@@ -86,7 +89,7 @@ _add("sample-set-unknown-key", _sample("--set", "bogus=1"), needle="bogus")
 _add("sample-set-candidates-not-int", _sample("--set", "num_candidates=abc"), needle="num_candidates")
 _add("sample-set-candidates-float", _sample("--set", "num_candidates=2.5"), needle="num_candidates")
 _add("sample-set-candidates-negative", _sample("--set", "num_candidates=-3"), needle="num_candidates")
-_add("sample-set-candidates-huge", _sample("--set", "num_candidates=1000000000"), needle="memory")
+_add("sample-set-candidates-huge", _sample("--set", "num_candidates=1000000000", *HUGE_N), needle="memory")
 _add("sample-set-alpha-negative", _sample("--set", "alpha=-1"), needle="alpha")
 _add("sample-set-alpha-word", _sample("--set", "alpha=hot"), needle="alpha")
 _add("sample-set-deduplicate-word", _sample("--set", "deduplicate=maybe"), needle="deduplicate")
@@ -99,14 +102,14 @@ _add("sample-set-svdd-r-fraction-too-big", _sample("--method", "svdd-r", "--set"
      needle="replace_fraction")
 
 # -- sample: sizes -------------------------------------------------------------------------------
-_add("sample-candidates-huge", _sample("--num-candidates", "1000000000"), needle="memory")
+_add("sample-candidates-huge", _sample("--num-candidates", "1000000000", *HUGE_N), needle="memory")
 _add("sample-candidates-huge-best-of-n", _sample("--method", "best-of-n", "--num-candidates", "1000000000",
-                                                 base=GAUSS), needle="memory")
+                                                 *HUGE_N, base=GAUSS), needle="memory")
 _add("sample-candidates-huge-random-search", _sample("--method", "random-search", "--num-candidates",
-                                                     "1000000000", base=GAUSS), needle="memory")
+                                                     "1000000000", *HUGE_N, base=GAUSS), needle="memory")
 _add("sample-candidates-zero", _sample("--num-candidates", "0"), needle="--num-candidates")
 _add("sample-candidates-negative", _sample("--num-candidates", "-5"), needle="--num-candidates")
-_add("sample-particles-huge", _sample("--method", "smc", "--num-particles", "1000000000"), needle="memory")
+_add("sample-particles-huge", _sample("--method", "smc", "--num-particles", "100000000000"), needle="memory")
 _add("sample-particles-zero", _sample("--method", "smc", "--num-particles", "0"), needle="--num-particles")
 _add("sample-particles-negative", _sample("--method", "smc", "--num-particles", "-2"), needle="--num-particles")
 _add("sample-particles-on-svdd", _sample("--num-particles", "4"), needle="--num-particles")
@@ -115,7 +118,7 @@ _add("sample-num-samples-negative", _sample("--num-samples", "-1"), needle="--nu
 _add("sample-num-samples-huge", _sample("--num-samples", "1000000000000"), needle="memory")
 _add("sample-num-steps-zero", _sample("--num-steps", "0"), needle="--num-steps")
 _add("sample-num-steps-negative", _sample("--num-steps", "-3"), needle="--num-steps")
-_add("sample-num-steps-huge", _sample("--num-steps", "10000000000"), needle="--num-steps")
+_add("sample-num-steps-huge", _sample("--num-steps", "1000000000000"), needle="--num-steps")
 _add("sample-batch-size-zero", _sample("--batch-size", "0"), needle="--batch-size")
 _add("sample-batch-size-negative", _sample("--batch-size", "-4"), needle="--batch-size")
 _add("sample-max-batch-size-zero", _sample("--max-batch-size", "0"), needle="--max-batch-size")
@@ -216,7 +219,7 @@ _add("fit-num-rollouts-not-int", FIT_OUT + ("--num-rollouts", "many"), needle="-
 _add("fit-loss-unknown", FIT_OUT + ("--loss", "l1"), needle="--loss")
 _add("fit-num-rollouts-zero", FIT_OUT + ("--num-rollouts", "0"), needle="--num-rollouts")
 _add("fit-num-rollouts-negative", FIT_OUT + ("--num-rollouts", "-4"), needle="--num-rollouts")
-_add("fit-num-rollouts-huge", FIT_OUT + ("--num-rollouts", "1000000000"), needle="memory")
+_add("fit-num-rollouts-huge", FIT_OUT + ("--num-rollouts", "100000000000"), needle="memory")
 _add("fit-train-steps-zero", FIT_OUT + ("--train-steps", "0"), needle="--train-steps")
 _add("fit-train-steps-negative", FIT_OUT + ("--train-steps", "-1"), needle="--train-steps")
 _add("fit-train-batch-size-zero", FIT_OUT + ("--train-batch-size", "0"), needle="--train-batch-size")
@@ -248,6 +251,8 @@ _add("list-rewards-unknown-domain", ["list", "rewards", "--domain", "nope"], nee
 _add("list-models-unknown-domain", ["list", "models", "--domain", "nope"], needle="nope")
 _add("list-domains-unknown-domain", ["list", "domains", "--domain", "nope"], needle="nope")
 _add("list-rewards-empty-domain", ["list", "rewards", "--domain", ""], needle="domain")
+_add("list-methods-unknown-domain", ["list", "methods", "--domain", "nope"], needle="nope")
+_add("list-methods-with-domain", ["list", "methods", "--domain", "toy-masked"], needle="--domain")
 
 # -- bench ---------------------------------------------------------------------------------------
 _SUITE = """name: malformed

@@ -862,14 +862,17 @@ def describe_method(spec, verbose: bool = False) -> str:
 
 def cmd_list(args) -> int:
     what = args.what
-    if what == "methods":
-        for name, spec in sorted(ALGORITHMS.items()):
-            print(describe_method(spec, verbose=getattr(args, "verbose", False)))
-        return 0
     if args.domain is not None:          # a domain asked for by name must exist and load
         if not args.domain.strip():
             raise UserError("--domain is empty; run `svdd list domains` to see them")
         get_domain(args.domain)
+        if what == "methods":
+            raise UserError("--domain does not apply to `svdd list methods` (every method lists the process "
+                            "kinds it supports); drop --domain")
+    if what == "methods":
+        for name, spec in sorted(ALGORITHMS.items()):
+            print(describe_method(spec, verbose=getattr(args, "verbose", False)))
+        return 0
     from .domains import available_domains
 
     names = [args.domain] if args.domain else available_domains()
