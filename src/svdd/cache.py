@@ -101,8 +101,8 @@ def fetch_wheel(requirement: str, filename: str, expected_sha256: str, dest: Pat
                 raise DataError(f"could not download {requirement} with pip ({last}); run {hint}")
             digest = sha256(got)
             if digest != expected_sha256:
-                raise DataError(f"{filename} from PyPI has SHA-256 {digest[:12]}…, expected {expected_sha256[:12]}…; "
-                                "it was not kept — retry later, or report it if it persists")
+                raise DataError(f"{filename} from PyPI has SHA-256 {digest[:12]}…, expected "
+                                f"{expected_sha256[:12]}…; it was not kept — retry later, or report it if it persists")
             _fsync(got)
             os.replace(got, target)   # same folder, same file system: atomic
             _fsync(dest)
