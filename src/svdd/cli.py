@@ -693,7 +693,7 @@ def _sample_in_folder(args, spec, out: Path) -> int:
     _histogram(out / "reward_hist.png", run["rewards"], baseline["rewards"] if baseline else None, args.method, reward.name)
     files.append(out / "reward_hist.png")
     if domain.write_files:
-        info = {"reward": reward.name, "process": process, "fasta_alphabet": args.fasta_alphabet,
+        info = {"reward": reward.name, "method": args.method, "process": process, "fasta_alphabet": args.fasta_alphabet,
                 "evaluation": _evaluation_columns(columns), **options}
         if baseline:
             info.update({"baseline_x0": baseline["x0"], "baseline_rewards": baseline["rewards"]})
