@@ -144,11 +144,16 @@ def nearest_neighbour_similarity(fps: np.ndarray, reference_packed: np.ndarray,
 # fragments, scaffolds, cosine
 # ------------------------------------------------------------------------------------------------
 def fragments(mols: Iterable) -> Counter:
-    """BRICS fragment SMILES counted over all ``mols`` (MOSES ``compute_fragments``)."""
+    """BRICS fragment SMILES counted over all ``mols`` (MOSES ``compute_fragments``; a molecule
+    RDKit cannot fragment adds nothing, where MOSES would stop)."""
     Chem = _rdkit()
     counts: Counter = Counter()
     for mol in mols:
-        counts.update(Chem.MolToSmiles(Chem.FragmentOnBRICSBonds(mol)).split("."))
+        try:
+            pieces = Chem.MolToSmiles(Chem.FragmentOnBRICSBonds(mol)).split(".")
+        except (ValueError, RuntimeError):
+            continue
+        counts.update(pieces)
     return counts
 
 
