@@ -190,6 +190,12 @@ def test_test_set_reference_is_computed_once_and_recomputed_when_damaged(tmp_pat
     third = build()
     assert calls == ["test", "test"] and "damaged" in capsys.readouterr().err
     assert third.fragments == first.fragments
+    elsewhere = tmp_path / "elsewhere.npz"   # a planted symlink is neither read nor written through
+    path.unlink()
+    path.symlink_to(elsewhere)
+    fourth = build()
+    assert calls == ["test"] * 3 and not elsewhere.exists() and path.is_symlink()
+    assert np.array_equal(fourth.fingerprints, first.fingerprints) and "could not cache" in capsys.readouterr().err
 
 
 def test_default_reference_falls_back_to_the_committed_sample(monkeypatch):

@@ -383,7 +383,10 @@ def moses_test_reference(download: bool = True) -> Reference:
           f"minutes); cached in {path}", file=sys.stderr)
     start = time.time()
     ref = reference_from_smiles(test, name=f"moses-test ({len(test):,})")
-    save_reference(path, ref, key)
+    try:
+        save_reference(path, ref, key)
+    except (OSError, ValueError) as err:   # a read-only cache, a planted symlink: use it uncached
+        print(f"svdd: could not cache the MOSES test-set statistics in {path} ({err})", file=sys.stderr)
     print(f"svdd: MOSES test-set statistics done in {time.time() - start:.0f} s", file=sys.stderr)
     return ref
 
