@@ -117,8 +117,10 @@ def check_retry_args(max_retries, timeout_s) -> None:
 
 
 def _one_line(err: BaseException) -> str:
+    import re
+
     text = f"{type(err).__name__}: {err}".strip().replace("\n", " ")
-    return text[:400]
+    return re.sub(r"\x1b\[[0-9;]*m", "", text)[:400]   # no terminal colours (Ray's messages carry them)
 
 
 def _dumps(obj) -> bytes:
@@ -526,21 +528,51 @@ class RayBackend(_WorkerStates):
         self._init_states()
         for w in range(self.num_workers):
             self._start(w)
-        refs = [self.refs[w] for w in range(self.num_workers)]
-        ready, _ = self.ray.wait(refs, num_returns=len(refs), timeout=startup_timeout_s)
-        if len(ready) < len(refs):
-            self.close()
-            raise DistributedError(f"{len(refs) - len(ready)} of {len(refs)} Ray workers did not start within "
-                                   f"{startup_timeout_s:g} s; the cluster may be busy (other pools hold its "
-                                   "resources): close them, or lower num_workers")
-        try:
-            metas = self.ray.get(refs)
-        except Exception as err:
-            self.close()
-            raise DistributedError(f"a Ray worker could not build its handler: {_one_line(_ray_cause(err))}") from None
-        self.refs.clear()
-        self.state = ["ready"] * self.num_workers
-        self.meta = metas[0]
+        self.meta = self._wait_all_ready(startup_timeout_s)
+
+    def _died_types(self) -> tuple:
+        exc = self.ray.exceptions
+        return tuple(t for t in (getattr(exc, "RayActorError", None), getattr(exc, "ActorDiedError", None),
+                                 getattr(exc, "WorkerCrashedError", None), getattr(exc, "ActorUnavailableError", None),
+                                 getattr(exc, "NodeDiedError", None)) if t is not None)
+
+    def _wait_all_ready(self, startup_timeout_s: float) -> dict:
+        """Wait until every actor has built its handler; an actor that dies while starting is
+        replaced (at most ``max_start_failures`` times in a row per slot) and counted."""
+        deadline = time.monotonic() + startup_timeout_s
+        died_types = self._died_types()
+        metas: dict[int, Any] = {}
+        while self.starting():
+            pending = {w: self.refs[w] for w in self.starting()}
+            left = deadline - time.monotonic()
+            ready, _ = self.ray.wait(list(pending.values()), num_returns=len(pending), timeout=max(0.0, left))
+            if len(ready) < len(pending) and time.monotonic() >= deadline:
+                self.close()
+                raise DistributedError(f"{len(pending) - len(ready)} of {self.num_workers} Ray workers did not start "
+                                       f"within {startup_timeout_s:g} s; the cluster may be busy (other pools hold its "
+                                       "resources): close them, or lower num_workers")
+            for w, ref in pending.items():
+                if ref not in ready:
+                    continue
+                del self.refs[w]
+                try:
+                    metas[w] = self.ray.get(ref)
+                    self.state[w] = "ready"
+                    self.start_failures[w] = 0
+                except died_types as err:
+                    text = _one_line(_ray_cause(err))
+                    if "creation task" in text:   # its constructor raised: a real error in the factories
+                        self.close()
+                        raise DistributedError(f"a Ray worker could not build its handler: {text[:300]}") from None
+                    self._replace_dead(w, text[:200])   # killed while starting: replace it
+                except Exception as err:
+                    self.close()
+                    raise DistributedError(f"a Ray worker could not build its handler: "
+                                           f"{_one_line(_ray_cause(err))}") from None
+            if len(self.retired()) == self.num_workers:
+                self.close()
+                raise DistributedError(f"every Ray worker died while starting ({self.last_failure})")
+        return metas[min(metas)] if metas else {}
 
     def _start(self, w: int) -> None:
         self.actors[w] = self.remote_cls.options(**self.options).remote(self.init[0], self.init[1], self.threads)
@@ -560,10 +592,7 @@ class RayBackend(_WorkerStates):
             more, _ = self.ray.wait(list(by_ref), num_returns=len(by_ref), timeout=0)
             done = list(dict.fromkeys([*done, *more]))
         events = []
-        exc = self.ray.exceptions
-        died_types = tuple(t for t in (getattr(exc, "RayActorError", None), getattr(exc, "ActorDiedError", None),
-                                       getattr(exc, "WorkerCrashedError", None), getattr(exc, "ActorUnavailableError", None),
-                                       getattr(exc, "NodeDiedError", None)) if t is not None)
+        died_types = self._died_types()
         for ref in done:
             w = by_ref[ref]
             del self.refs[w]
