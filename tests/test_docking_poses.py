@@ -102,3 +102,16 @@ def test_reward_workers_write_the_same_vina_poses_as_in_process(tmp_path, monkey
     assert torch.equal(scores, pooled_scores)
     assert local.count("vina_score") >= 3
     assert local == pooled
+
+
+@pytest.mark.slow
+def test_cli_reward_workers_output_equals_in_process(tmp_path):
+    """`svdd sample --reward-workers 1` writes the same samples.csv and molecules.sdf as in-process."""
+    from svdd.cli import main
+
+    argv = ["sample", "--domain", "molecules", "--reward", "qed", "--num-samples", "4", "--num-steps", "4",
+            "--num-candidates", "2", "--no-baseline", "--quiet", "--seed", "1"]
+    assert main([*argv, "--out", str(tmp_path / "a")]) == 0
+    assert main([*argv, "--reward-workers", "1", "--out", str(tmp_path / "b")]) == 0
+    for name in ("samples.csv", "molecules.sdf"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
