@@ -1,17 +1,20 @@
 """Analytic toys with exact answers, for tests, benchmarks and users checking a new algorithm.
 
 ``GaussianMixtureToy``: data ``p(x0) = Σ_k π_k N(μ_k, s_k² I)`` in d dimensions, noised by a
-DDPM schedule. Given x_t = sqrt(ᾱ)x0 + sqrt(1−ᾱ)ε, component k has marginal variance
-``v_k = ᾱ s_k² + 1 − ᾱ``, responsibility ``γ_k ∝ π_k N(x_t; sqrt(ᾱ)μ_k, v_k I)``, posterior mean
-``m_k = μ_k + sqrt(ᾱ) s_k²/v_k (x_t − sqrt(ᾱ)μ_k)`` and variance ``c_k = s_k²(1−ᾱ)/v_k``, so the
-denoiser is ``E[x0|x_t] = Σ_k γ_k m_k`` in closed form. For the linear reward ``r(x) = w·x``:
+DDPM schedule (``schedule="vp"``: a = sqrt(ᾱ), s = sqrt(1−ᾱ)) or a rectified flow
+(``schedule="flow"``: a = 1 − σ, s = σ, t = 1000σ). Given x_t = a·x0 + s·ε, component k has
+marginal variance ``v_k = a² s_k² + s²``, responsibility ``γ_k ∝ π_k N(x_t; a μ_k, v_k I)``,
+posterior mean ``m_k = μ_k + a s_k²/v_k (x_t − a μ_k)`` and variance ``c_k = s_k² s²/v_k``, so the
+denoiser is ``E[x0|x_t] = Σ_k γ_k m_k`` in closed form (the flow model's velocity is
+``(x_t − E[x0|x_t])/σ``). For the linear reward ``r(x) = w·x``:
 
 - tilted target ``p(x0)·exp(r/α)``: component k moves to mean ``μ_k + s_k² w/α`` with weight
   ∝ ``π_k exp(w·μ_k/α + s_k²|w|²/(2α²))`` (same s_k);
 - exact soft value ``v_t(x_t) = α log Σ_k γ_k exp(w·m_k/α + c_k|w|²/(2α²))``.
 
-These are the answers for the exact (continuous-time) reverse process; a K-step DDPM sampler
-with the exact denoiser matches them up to a discretisation error that vanishes as K grows.
+These are the answers for the exact (continuous-time) reverse process; a K-step DDPM / DDIM-η
+sampler with the exact denoiser matches them up to a discretisation error that vanishes as K
+grows.
 
 ``MaskedToy``: L tokens over n letters (+ the mask), an explicit joint table p(x0) and reward
 table r(x0). Masking is independent of content, so the exact denoiser is the conditional
@@ -32,7 +35,7 @@ from torch import Tensor
 
 from .process.gaussian import GaussianProcess
 from .process.masked import MaskedProcess
-from .process.schedules import linear_beta_alphas_cumprod
+from .process.schedules import FlowSchedule, linear_beta_alphas_cumprod
 
 
 # ------------------------------------------------------------------------------------------------
@@ -51,50 +54,89 @@ class LinearReward:
 
 class GaussianMixtureToy:
     def __init__(self, means: Sequence, stds: Sequence[float], weights: Sequence[float], reward_weight: Sequence[float],
-                 num_train_timesteps: int = 1000, dtype=torch.float64):
+                 num_train_timesteps: int = 1000, dtype=torch.float64, schedule: str = "vp"):
+        if schedule not in ("vp", "flow"):
+            raise ValueError(f"schedule must be 'vp' or 'flow', got {schedule!r}")
         self.means = torch.as_tensor(means, dtype=dtype).reshape(len(stds), -1)     # (K, d)
         self.stds = torch.as_tensor(stds, dtype=dtype)                               # (K,)
         w = torch.as_tensor(weights, dtype=dtype)
         self.weights = w / w.sum()
         self.dim = self.means.shape[1]
         self.w = torch.as_tensor(reward_weight, dtype=dtype).reshape(self.dim)
+        self.schedule = schedule
+        self.num_train_timesteps = int(num_train_timesteps)
         self.alphas_cumprod = linear_beta_alphas_cumprod(num_train_timesteps)
         self.dtype = dtype
         self.reward = LinearReward(self.w)
 
     @classmethod
-    def default(cls) -> "GaussianMixtureToy":
+    def default(cls, schedule: str = "vp") -> "GaussianMixtureToy":
         """1-D, two well-separated modes, reward pulls towards the lighter right mode."""
-        return cls(means=[[-1.5], [1.5]], stds=[0.4, 0.4], weights=[0.7, 0.3], reward_weight=[1.0])
+        return cls(means=[[-1.5], [1.5]], stds=[0.4, 0.4], weights=[0.7, 0.3], reward_weight=[1.0], schedule=schedule)
 
     @classmethod
-    def ring(cls, num_components: int = 8, radius: float = 1.0, std: float = 0.08) -> "GaussianMixtureToy":
+    def ring(cls, num_components: int = 8, radius: float = 1.0, std: float = 0.08,
+             schedule: str = "vp") -> "GaussianMixtureToy":
         """2-D ring of equal-weight components (the DNO toy data set)."""
         ang = torch.arange(num_components, dtype=torch.float64) * 2 * math.pi / num_components
         means = torch.stack([radius * torch.cos(ang), radius * torch.sin(ang)], 1)
-        return cls(means=means, stds=[std] * num_components, weights=[1.0] * num_components, reward_weight=[1.0, 0.0])
+        return cls(means=means, stds=[std] * num_components, weights=[1.0] * num_components, reward_weight=[1.0, 0.0],
+                   schedule=schedule)
 
     # -- exact posterior pieces ----------------------------------------------------------------
-    def _posterior(self, x_t: Tensor, ab: Tensor):
+    def coefficients(self, t: Tensor) -> tuple[Tensor, Tensor]:
+        """(a_t, s_t) at process time t (VP: t = training index + 1; flow: t = 1000σ; 0 = clean)."""
+        t = torch.as_tensor(t, dtype=torch.float64).cpu()
+        if self.schedule == "flow":
+            sig = (t / self.num_train_timesteps).clamp(0.0, 1.0)
+            return 1.0 - sig, sig
+        ab = torch.cat([torch.ones(1, dtype=torch.float64), self.alphas_cumprod])[t.round().long()]
+        return ab.sqrt(), (1 - ab).sqrt()
+
+    def _posterior(self, x_t: Tensor, ab: Tensor, s: Optional[Tensor] = None):
+        """Pieces of p(x0 | x_t) for x_t = a·x0 + s·ε: with ``s=None``, ``ab`` is ᾱ (VP)."""
         x = x_t.reshape(x_t.shape[0], self.dim).to(self.dtype)
-        ab = ab.to(self.dtype).reshape(-1, 1, 1) if ab.dim() else ab.to(self.dtype)
+        if s is None:
+            a, s = ab.to(self.dtype).sqrt(), (1 - ab.to(self.dtype)).sqrt()
+        else:
+            a, s = ab.to(self.dtype), s.to(self.dtype)
+        a = a.reshape(-1, 1, 1) if a.dim() else a
+        s = s.reshape(-1, 1, 1) if s.dim() else s
         mu, s2 = self.means[None], self.stds.pow(2)[None, :, None]                  # (1,K,d), (1,K,1)
-        v = ab * s2 + (1 - ab)
-        diff = x[:, None, :] - ab.sqrt() * mu                                          # (B,K,d)
+        v = a * a * s2 + s * s
+        diff = x[:, None, :] - a * mu                                                  # (B,K,d)
         logr = torch.log(self.weights)[None] - 0.5 * self.dim * torch.log(v[..., 0]) - 0.5 * (diff.pow(2).sum(-1)) / v[..., 0]
         resp = torch.softmax(logr, dim=1)                                              # (B,K)
-        m = mu + ab.sqrt() * s2 / v * diff                                             # (B,K,d)
-        c = (s2 * (1 - ab) / v)[..., 0]                                                # (B,K)
+        m = mu + a * s2 / v * diff                                                     # (B,K,d)
+        c = (s2 * s * s / v)[..., 0]                                                   # (B,K)
         return resp, m, c, logr
 
     def denoiser(self, x_t: Tensor, timestep: Tensor) -> Tensor:
-        """E[x0 | x_t] with ᾱ = alphas_cumprod[timestep] (the 'sample' prediction)."""
-        ab = self.alphas_cumprod[timestep.long().cpu()].to(x_t.device)
-        resp, m, _, _ = self._posterior(x_t, ab)
-        return (resp[..., None] * m).sum(1).reshape(x_t.shape).to(x_t.dtype)
+        """E[x0 | x_t] (the 'sample' prediction): VP with ᾱ = alphas_cumprod[timestep]; flow with
+        σ = timestep / num_train_timesteps."""
+        if self.schedule == "flow":
+            a, s = self.coefficients(timestep)
+        else:
+            ab = self.alphas_cumprod[timestep.long().cpu()]
+            a, s = ab.sqrt(), (1 - ab).sqrt()
+        resp, m, _, _ = self._posterior(x_t.cpu(), a, s)
+        return (resp[..., None] * m).sum(1).reshape(x_t.shape).to(x_t.dtype).to(x_t.device)
 
-    def process(self, eta: float = 1.0) -> GaussianProcess:
-        return GaussianProcess(self.denoiser, self.alphas_cumprod, prediction_type="sample", eta=eta,
+    def velocity(self, x_t: Tensor, timestep: Tensor) -> Tensor:
+        """The exact flow velocity E[ε − x0 | x_t] = (x_t − E[x0|x_t])/σ (flow schedule, σ > 0)."""
+        sig = (torch.as_tensor(timestep, dtype=torch.float64) / self.num_train_timesteps).to(x_t.device)
+        sig = sig.reshape(-1, *([1] * (x_t.dim() - 1))).to(x_t.dtype)
+        return (x_t - self.denoiser(x_t, timestep)) / sig
+
+    def process(self, eta: float = 1.0, prediction_type: str = "sample") -> GaussianProcess:
+        """The exact denoiser as a process; on the flow schedule ``prediction_type="flow"``
+        serves the exact velocity instead (the same x0_hat up to rounding)."""
+        if self.schedule == "flow":
+            model = self.velocity if prediction_type == "flow" else self.denoiser
+            return GaussianProcess(model, None, prediction_type=prediction_type, eta=eta,
+                                   sample_shape=(self.dim,), dtype=torch.float64,
+                                   schedule=FlowSchedule(self.num_train_timesteps))
+        return GaussianProcess(self.denoiser, self.alphas_cumprod, prediction_type=prediction_type, eta=eta,
                                sample_shape=(self.dim,), dtype=torch.float64)
 
     def soft_value(self, alpha: float):
@@ -105,10 +147,10 @@ class GaussianMixtureToy:
             t = torch.as_tensor(t, dtype=torch.float64)
             if float(t.max()) == 0:
                 return self.reward(x_t)
-            ab = torch.cat([torch.ones(1, dtype=torch.float64), self.alphas_cumprod])[t.round().long()]
-            resp, m, c, _ = self._posterior(x_t, ab)
+            a, s = self.coefficients(t)
+            resp, m, c, _ = self._posterior(x_t.cpu(), a, s)
             log_terms = torch.log(resp.clamp_min(1e-300)) + (m @ w) / alpha + c * w2 / (2 * alpha ** 2)
-            return (alpha * torch.logsumexp(log_terms, dim=1)).to(x_t.dtype)
+            return (alpha * torch.logsumexp(log_terms, dim=1)).to(x_t.dtype).to(x_t.device)
 
         return value_fn
 

@@ -29,49 +29,96 @@ import torch
 from torch import Tensor, nn
 
 from .gaussian import GaussianProcess
+from .schedules import FlowSchedule, VPSchedule
 
-__all__ = ["DiffusersDenoiser", "DiffusersProcess", "from_diffusers", "from_pipeline", "decode_latents",
+__all__ = ["DiffusersDenoiser", "DiffusersProcess", "FluxDenoiser", "from_diffusers", "calculate_shift", "pack_latents",
+           "unpack_latents", "latent_image_ids", "from_pipeline", "decode_latents",
            "encode_images", "latent_reward"]
 
 
-class DiffusersDenoiser(nn.Module):
-    """``(x_t, timestep) -> UNet output`` with conditioning and classifier-free guidance.
+def _expand(v, batch: int):
+    """Conditioning (a tensor of batch 1 or ``batch``, or a dict of them) broadcast to ``batch``."""
+    if isinstance(v, dict):
+        return {k: _expand(x, batch) for k, x in v.items()}
+    if not isinstance(v, Tensor) or v.dim() == 0:
+        return v
+    if v.shape[0] == batch:
+        return v
+    if v.shape[0] == 1:
+        return v.expand(batch, *v.shape[1:])
+    raise ValueError(f"prompt embeddings have batch {v.shape[0]} but the samples have batch {batch}; "
+                     "pass one prompt (batch 1) or one per sample")
 
-    ``encoder_hidden_states`` (1 or B, L, D) is broadcast over the batch; with
-    ``guidance_scale != 1`` the unconditional embeddings are run in the same call.
+
+def _cat(u, c):
+    if isinstance(c, dict):
+        return {k: _cat(u[k], c[k]) for k in c}
+    if isinstance(c, Tensor) and c.dim() > 0:
+        return torch.cat([u, c])
+    return c
+
+
+def _to(v, device, dtype):
+    if isinstance(v, dict):
+        return {k: _to(x, device, dtype) for k, x in v.items()}
+    if isinstance(v, Tensor) and v.is_floating_point():
+        return v.to(device=device, dtype=dtype)
+    return v.to(device) if isinstance(v, Tensor) else v
+
+
+def _keyword_call(model) -> bool:
+    """Transformers (SD3, Sana, ...) take ``hidden_states=`` and ``timestep=`` by keyword."""
+    import inspect
+
+    try:
+        params = list(inspect.signature(getattr(model, "forward", model)).parameters)
+    except (TypeError, ValueError):
+        return False
+    return bool(params) and params[0] == "hidden_states" and "timestep" in params
+
+
+class DiffusersDenoiser(nn.Module):
+    """``(x_t, timestep) -> model output`` with conditioning and classifier-free guidance.
+
+    ``cond`` / ``uncond``: keyword arguments of the model for the prompt and the negative prompt
+    (``encoder_hidden_states``, SD3's ``pooled_projections``, SDXL's ``added_cond_kwargs``), each
+    tensor of batch 1 or B, broadcast over the batch. With ``guidance_scale != 1`` the negative
+    runs in the same call on the batch ``[uncond; cond]``, as diffusers' pipelines do. UNets are
+    called ``unet(x, timestep, **kw)``, transformers ``model(hidden_states=x, timestep=t, **kw)``.
     """
 
     def __init__(self, unet: nn.Module, *, encoder_hidden_states: Optional[Tensor] = None,
                  negative_encoder_hidden_states: Optional[Tensor] = None, guidance_scale: float = 1.0,
-                 unet_kwargs: Optional[dict] = None):
+                 unet_kwargs: Optional[dict] = None, cond: Optional[dict] = None, uncond: Optional[dict] = None):
         super().__init__()
         self.unet = unet
-        self.encoder_hidden_states = encoder_hidden_states
-        self.negative_encoder_hidden_states = negative_encoder_hidden_states
+        self.cond = dict(cond or {})
+        self.uncond = dict(uncond or {})
+        if encoder_hidden_states is not None:
+            self.cond["encoder_hidden_states"] = encoder_hidden_states
+        if negative_encoder_hidden_states is not None:
+            self.uncond["encoder_hidden_states"] = negative_encoder_hidden_states
+        self.encoder_hidden_states = self.cond.get("encoder_hidden_states")
+        self.negative_encoder_hidden_states = self.uncond.get("encoder_hidden_states")
         self.guidance_scale = float(guidance_scale)
         self.unet_kwargs = dict(unet_kwargs or {})
+        self.keyword = _keyword_call(unet)
         cfg = getattr(unet, "config", None)
         self.in_channels = getattr(cfg, "in_channels", None)
         self.out_channels = getattr(cfg, "out_channels", None)
-        self.guided = encoder_hidden_states is not None and self.guidance_scale != 1.0
-        if self.guided and negative_encoder_hidden_states is None:
-            raise ValueError("classifier-free guidance (guidance_scale != 1) needs negative_encoder_hidden_states= "
-                             "(the embeddings of the empty or negative prompt)")
+        self.guided = bool(self.cond) and self.guidance_scale != 1.0
+        if self.guided and set(self.uncond) != set(self.cond):
+            missing = sorted(set(self.cond) - set(self.uncond))
+            raise ValueError("classifier-free guidance (guidance_scale != 1) needs the negative prompt's "
+                             f"{', '.join(missing) or 'embeddings'} (negative_encoder_hidden_states= etc.: the embeddings "
+                             "of the empty or negative prompt)")
 
-    @staticmethod
-    def _expand(emb: Tensor, batch: int) -> Tensor:
-        if emb.shape[0] == batch:
-            return emb
-        if emb.shape[0] == 1:
-            return emb.expand(batch, *emb.shape[1:])
-        raise ValueError(f"prompt embeddings have batch {emb.shape[0]} but the samples have batch {batch}; "
-                         "pass one prompt (batch 1) or one per sample")
-
-    def _unet(self, x: Tensor, timestep: Tensor, emb: Optional[Tensor]) -> Tensor:
-        kwargs = dict(self.unet_kwargs)
-        if emb is not None:
-            kwargs["encoder_hidden_states"] = emb
-        out = self.unet(x, timestep, **kwargs)
+    def _unet(self, x: Tensor, timestep: Tensor, kw: dict) -> Tensor:
+        kwargs = {**self.unet_kwargs, **kw}
+        if self.keyword:
+            out = self.unet(hidden_states=x, timestep=timestep, **kwargs)
+        else:
+            out = self.unet(x, timestep, **kwargs)
         out = getattr(out, "sample", out)
         if isinstance(out, (tuple, list)):
             out = out[0]
@@ -83,15 +130,97 @@ class DiffusersDenoiser(nn.Module):
         dtype = next(self.unet.parameters()).dtype
         x = x_t.to(dtype)
         B = x.shape[0]
-        if self.encoder_hidden_states is None:
-            return self._unet(x, timestep, None)
-        cond = self._expand(self.encoder_hidden_states.to(device=x.device, dtype=dtype), B)
+        if timestep.is_floating_point():   # flow time t = 1000σ, as the pipelines pass it (float32)
+            timestep = timestep.to(torch.float32)
+        if not self.cond:
+            return self._unet(x, timestep, {})
+        cond = _expand(_to(self.cond, x.device, dtype), B)
         if not self.guided:
             return self._unet(x, timestep, cond)
-        uncond = self._expand(self.negative_encoder_hidden_states.to(device=x.device, dtype=dtype), B)
-        out = self._unet(torch.cat([x, x]), torch.cat([timestep, timestep]), torch.cat([uncond, cond]))
+        uncond = _expand(_to(self.uncond, x.device, dtype), B)
+        out = self._unet(torch.cat([x, x]), torch.cat([timestep, timestep]), _cat(uncond, cond))
         out_uncond, out_cond = out.chunk(2)
         return out_uncond + self.guidance_scale * (out_cond - out_uncond)
+
+
+def pack_latents(latents: Tensor) -> Tensor:
+    """Flux packing: (B, C, H, W) -> (B, (H/2)(W/2), 4C), channel order (C, 2, 2) per token."""
+    B, C, H, W = latents.shape
+    x = latents.view(B, C, H // 2, 2, W // 2, 2).permute(0, 2, 4, 1, 3, 5)
+    return x.reshape(B, (H // 2) * (W // 2), C * 4)
+
+
+def unpack_latents(tokens: Tensor, height: int, width: int) -> Tensor:
+    """Inverse of ``pack_latents`` for latents of size (height, width)."""
+    B, _, D = tokens.shape
+    x = tokens.view(B, height // 2, width // 2, D // 4, 2, 2).permute(0, 3, 1, 4, 2, 5)
+    return x.reshape(B, D // 4, height, width)
+
+
+def latent_image_ids(height: int, width: int, device=None, dtype=torch.float32) -> Tensor:
+    """Flux image ids (H/2 · W/2, 3) = [0, row, col] on the packed grid."""
+    ids = torch.zeros(height // 2, width // 2, 3)
+    ids[..., 1] = torch.arange(height // 2)[:, None]
+    ids[..., 2] = torch.arange(width // 2)[None, :]
+    return ids.reshape(-1, 3).to(device=device, dtype=dtype)
+
+
+class FluxDenoiser(nn.Module):
+    """A ``FluxTransformer2DModel`` as ``(x_t (B, C, H, W), t (B,)) -> velocity (B, C, H, W)``.
+
+    The process state stays unpacked (so the prior is the pipeline's ``randn`` of the latents'
+    shape and rewards decode it directly); each call packs 2×2 patches, passes image ids
+    [0, row, col], zero text ids, ``timestep = t / 1000`` in the model dtype (the model multiplies
+    by 1000) and, for guidance-distilled models (``guidance_embeds``), the guidance embedding.
+    ``true_cfg_scale > 1`` with negative embeddings runs the negative prompt as a second call and
+    combines ``neg + true_cfg_scale·(pos − neg)``, as ``FluxPipeline``."""
+
+    def __init__(self, transformer: nn.Module, *, encoder_hidden_states: Tensor, pooled_projections: Tensor,
+                 guidance: Optional[float] = 3.5, negative_encoder_hidden_states: Optional[Tensor] = None,
+                 negative_pooled_projections: Optional[Tensor] = None, true_cfg_scale: float = 1.0,
+                 unet_kwargs: Optional[dict] = None):
+        super().__init__()
+        self.unet = transformer
+        self.encoder_hidden_states = encoder_hidden_states
+        self.pooled_projections = pooled_projections
+        self.negative_encoder_hidden_states = negative_encoder_hidden_states
+        self.negative_pooled_projections = negative_pooled_projections
+        self.guidance_embeds = bool(getattr(getattr(transformer, "config", None), "guidance_embeds", False))
+        self.guidance = float(guidance) if (self.guidance_embeds and guidance is not None) else None
+        if self.guidance_embeds and self.guidance is None:
+            raise ValueError("this Flux transformer is guidance-distilled (guidance_embeds=True): pass guidance_scale=")
+        self.true_cfg_scale = float(true_cfg_scale)
+        self.true_cfg = self.true_cfg_scale > 1 and negative_encoder_hidden_states is not None
+        if self.true_cfg and negative_pooled_projections is None:
+            raise ValueError("true_cfg_scale > 1 needs negative_pooled_projections= as well")
+        self.unet_kwargs = dict(unet_kwargs or {})
+        self.guided = self.true_cfg
+
+    def _call(self, tokens, timestep, guidance, emb, pooled, img_ids):
+        txt_ids = torch.zeros(emb.shape[1], 3, device=tokens.device, dtype=tokens.dtype)
+        out = self.unet(hidden_states=tokens, timestep=timestep, guidance=guidance, pooled_projections=pooled,
+                        encoder_hidden_states=emb, txt_ids=txt_ids, img_ids=img_ids, return_dict=False,
+                        **self.unet_kwargs)
+        return out[0] if isinstance(out, (tuple, list)) else getattr(out, "sample", out)
+
+    def forward(self, x_t: Tensor, timestep: Tensor) -> Tensor:
+        dtype = next(self.unet.parameters()).dtype
+        B, C, H, W = x_t.shape
+        tokens = pack_latents(x_t.to(dtype))
+        img_ids = latent_image_ids(H, W, x_t.device, dtype)
+        t = timestep.to(x_t.device).expand(B).to(dtype) / 1000
+        guidance = None
+        if self.guidance is not None:
+            guidance = torch.full([1], self.guidance, device=x_t.device, dtype=torch.float32).expand(B)
+        emb = _expand(self.encoder_hidden_states.to(x_t.device, dtype), B)
+        pooled = _expand(self.pooled_projections.to(x_t.device, dtype), B)
+        out = self._call(tokens, t, guidance, emb, pooled, img_ids)
+        if self.true_cfg:
+            n_emb = _expand(self.negative_encoder_hidden_states.to(x_t.device, dtype), B)
+            n_pooled = _expand(self.negative_pooled_projections.to(x_t.device, dtype), B)
+            neg = self._call(tokens, t, guidance, n_emb, n_pooled, img_ids)
+            out = neg + self.true_cfg_scale * (out - neg)
+        return unpack_latents(out, H, W)
 
 
 def _vae_factors(vae) -> tuple[float, float]:
@@ -151,70 +280,203 @@ def _config_get(scheduler, name, default=None):
     return getattr(scheduler, name, default)
 
 
+def is_flow_scheduler(scheduler) -> bool:
+    """A flow-matching scheduler (``FlowMatchEulerDiscreteScheduler`` and kin): sigmas, no ᾱ table."""
+    return "FlowMatch" in type(scheduler).__name__ or (
+        getattr(scheduler, "alphas_cumprod", None) is None and _config_get(scheduler, "shift", None) is not None
+        and hasattr(scheduler, "set_timesteps"))
+
+
+def is_flux_transformer(model) -> bool:
+    cfg = getattr(model, "config", None)
+    return "Flux" in type(model).__name__ or (cfg is not None and hasattr(cfg, "axes_dims_rope")
+                                              and hasattr(cfg, "guidance_embeds"))
+
+
+def calculate_shift(image_seq_len: int, base_seq_len: int = 256, max_seq_len: int = 4096, base_shift: float = 0.5,
+                    max_shift: float = 1.15) -> float:
+    """μ of the resolution-dependent shift, linear in the number of image tokens (Flux, SD3)."""
+    m = (max_shift - base_shift) / (max_seq_len - base_seq_len)
+    return image_seq_len * m + (base_shift - m * base_seq_len)
+
+
+def flow_grid(scheduler, *, image_seq_len: Optional[int] = None, flux: bool = False,
+              max_shift_default: float = 1.16) -> Callable[[int], Tensor]:
+    """``K -> (K + 1,)`` times: the scheduler's own ``set_timesteps(K)`` on a copy (its state is
+    never touched), as the pipeline calls it — Flux with ``sigmas = linspace(1, 1/K, K)`` and μ
+    from the image size, SD3 with μ only when the scheduler shifts dynamically — plus t = 0."""
+    import copy
+
+    if _config_get(scheduler, "invert_sigmas", False):
+        raise ValueError("schedulers with invert_sigmas=True (Mochi) are not supported")
+    dynamic = bool(_config_get(scheduler, "use_dynamic_shifting", False))
+    mu = None
+    if (flux or dynamic) and image_seq_len is not None:
+        mu = calculate_shift(image_seq_len, _config_get(scheduler, "base_image_seq_len", 256) or 256,
+                             _config_get(scheduler, "max_image_seq_len", 4096) or 4096,
+                             _config_get(scheduler, "base_shift", 0.5) or 0.5,
+                             _config_get(scheduler, "max_shift", max_shift_default) or max_shift_default)
+    if dynamic and mu is None:
+        raise ValueError("this scheduler shifts dynamically (use_dynamic_shifting=True): the image size is needed")
+    flow_sigmas = bool(_config_get(scheduler, "use_flow_sigmas", False))
+
+    def grid(num_steps: int) -> Tensor:
+        import numpy as np
+
+        sched = copy.deepcopy(scheduler)
+        kwargs = {}
+        if mu is not None:
+            kwargs["mu"] = mu
+        if flux and not flow_sigmas:
+            sched.set_timesteps(sigmas=np.linspace(1.0, 1 / num_steps, num_steps), **kwargs)
+        else:
+            sched.set_timesteps(num_steps, **kwargs)
+        ts = torch.as_tensor(sched.timesteps).detach().double().cpu().flatten()
+        return torch.cat([ts, torch.zeros(1, dtype=torch.float64)])
+
+    return grid
+
+
+def vp_grid(scheduler) -> Callable[[int], Tensor]:
+    """``K -> (K + 1,)`` times ``n + 1`` for diffusers' DDPM/DDIM ``set_timesteps(K)`` grid
+    (``timestep_spacing``, ``steps_offset``), plus t = 0. diffusers' ``DDIMScheduler.step`` moves
+    to ``n − N // K``; where that is not the next grid time (spacing "linspace", or "trailing"
+    with K not dividing N) svdd follows the grid."""
+    N = int(len(scheduler.alphas_cumprod))
+    spacing = _config_get(scheduler, "timestep_spacing", "leading") or "leading"
+    offset = int(_config_get(scheduler, "steps_offset", 0) or 0)
+    return VPSchedule(torch.ones(N), timestep_spacing=spacing, steps_offset=offset).timesteps
+
+
 def from_diffusers(unet, scheduler, *, vae=None, encoder_hidden_states: Optional[Tensor] = None,
-                   negative_encoder_hidden_states: Optional[Tensor] = None, guidance_scale: float = 1.0,
+                   negative_encoder_hidden_states: Optional[Tensor] = None, guidance_scale: Optional[float] = None,
                    eta: float = 1.0, sample_shape: Optional[Sequence[int]] = None,
                    clip_sample: Optional[float] = None, unet_kwargs: Optional[dict] = None,
                    decode_batch_size: Optional[int] = None, device=None,
-                   use_clipped_model_output: Optional[bool] = None) -> DiffusersProcess:
-    """Build a ``GaussianProcess`` from a diffusers UNet and scheduler.
+                   use_clipped_model_output: Optional[bool] = None, pooled_projections: Optional[Tensor] = None,
+                   negative_pooled_projections: Optional[Tensor] = None, added_cond_kwargs: Optional[dict] = None,
+                   negative_added_cond_kwargs: Optional[dict] = None, true_cfg_scale: float = 1.0,
+                   height: Optional[int] = None, width: Optional[int] = None,
+                   timestep_grid: str = "scheduler") -> DiffusersProcess:
+    """Build a ``GaussianProcess`` from a diffusers model and scheduler.
 
     Parameters
     ----------
-    unet : ``UNet2DModel`` / ``UNet2DConditionModel`` (or any module called ``unet(x, timestep, ...)``)
-    scheduler : any diffusers scheduler with ``alphas_cumprod`` (DDPM, DDIM, PNDM, Euler, ...);
-        its ``prediction_type`` is used; for pixel models its ``clip_sample`` (range
-        ``clip_sample_range``) and ``thresholding`` (dynamic thresholding with
-        ``dynamic_thresholding_ratio``, ``sample_max_value``) are applied to x0_hat inside the step
-        as diffusers does
+    unet : the denoiser: ``UNet2DModel`` / ``UNet2DConditionModel`` (called ``unet(x, timestep, ...)``),
+        ``SD3Transformer2DModel`` or any transformer taking ``hidden_states=`` / ``timestep=``
+        (called by keyword, ``timestep`` the float time ``t = 1000σ``), or ``FluxTransformer2DModel``
+        (packed 2×2 latents, image/text ids, ``timestep = t/1000``, guidance embedding)
+    scheduler : a DDPM/DDIM-family scheduler with ``alphas_cumprod`` (DDPM, DDIM, PNDM, Euler, ...;
+        its ``prediction_type``; for pixel models its ``clip_sample`` (range ``clip_sample_range``)
+        and ``thresholding`` applied inside the step as diffusers does), or
+        ``FlowMatchEulerDiscreteScheduler`` (rectified flow, velocity prediction; static
+        ``shift`` and dynamic shifting with μ from the image size as the pipelines compute it)
     vae : ``AutoencoderKL`` for latent diffusion (rewards then decode through it)
-    encoder_hidden_states : prompt embeddings (1 or B, L, D) for conditional UNets
-    negative_encoder_hidden_states, guidance_scale : classifier-free guidance
-    eta : 1 = DDPM posterior (stochastic, what SVDD/SMC need), 0 = DDIM
-    sample_shape : (C, H, W) of x_t; default from ``unet.config`` (latent size for latent UNets)
+    encoder_hidden_states : prompt embeddings (1 or B, L, D) for conditional models
+    pooled_projections : SD3 / Flux pooled prompt embeddings (1 or B, D)
+    added_cond_kwargs : SDXL's ``{"text_embeds": pooled, "time_ids": ids}``
+    negative_* : the negative (or empty) prompt's, for classifier-free guidance
+    guidance_scale : classifier-free guidance weight (default 1 = none); for Flux the guidance
+        embedding of guidance-distilled models (default 3.5) — its true CFG is ``true_cfg_scale``
+    eta : 1 = DDPM posterior (stochastic, what SVDD/SMC need), 0 = DDIM / the flow's Euler step
+    sample_shape : (C, H, W) of x_t (unpacked latents for Flux); default from the model config,
+        or from ``height`` / ``width`` in pixels and the VAE's scale factor
     use_clipped_model_output : with clipping, whether the step's direction term uses ε̂ recomputed
         from the clipped x0 (diffusers' DDPM step) or the network's own ε̂ (diffusers' DDIM
         default). ``None``: as diffusers' pipelines do — True for a DDPM scheduler at ``eta = 1``
         (``DDPMPipeline``), False otherwise (``DDIMPipeline``, ``DDIMScheduler.step``)
+    timestep_grid : ``"scheduler"`` (default): ``process.timesteps(K)`` is the scheduler's own
+        ``set_timesteps(K)`` grid plus the clean time, so ancestral sampling reproduces the
+        pipeline for the same seed; ``"trailing"``: svdd's evenly spaced grid from T
     """
-    alphas_cumprod = getattr(scheduler, "alphas_cumprod", None)
-    if alphas_cumprod is None:
-        raise ValueError(f"{type(scheduler).__name__} has no alphas_cumprod; use a DDPM/DDIM-family scheduler "
-                         "(e.g. DDPMScheduler.from_config(scheduler.config))")
-    prediction_type = _config_get(scheduler, "prediction_type", "epsilon") or "epsilon"
-    if clip_sample is None and vae is None and _config_get(scheduler, "clip_sample", False):
-        clip_sample = float(_config_get(scheduler, "clip_sample_range", 1.0) or 1.0)
-    thresholding = bool(vae is None and _config_get(scheduler, "thresholding", False))
+    flow = is_flow_scheduler(scheduler)
+    flux = is_flux_transformer(unet)
+    if not flow and getattr(scheduler, "alphas_cumprod", None) is None:
+        raise ValueError(f"{type(scheduler).__name__} has neither alphas_cumprod nor flow sigmas; use a DDPM/DDIM-family "
+                         "scheduler or FlowMatchEulerDiscreteScheduler")
+    if flux and not flow:
+        raise ValueError("a Flux transformer needs a FlowMatchEulerDiscreteScheduler")
+    if timestep_grid not in ("scheduler", "trailing"):
+        raise ValueError(f"timestep_grid must be 'scheduler' or 'trailing', got {timestep_grid!r}")
+    prediction_type = "flow" if flow else (_config_get(scheduler, "prediction_type", "epsilon") or "epsilon")
     threshold_options = {}
-    if thresholding:
-        threshold_options = {"thresholding": True,
-                             "dynamic_thresholding_ratio": float(_config_get(scheduler, "dynamic_thresholding_ratio", 0.995)),
-                             "sample_max_value": float(_config_get(scheduler, "sample_max_value", 1.0))}
-    if use_clipped_model_output is None:
-        use_clipped_model_output = type(scheduler).__name__.startswith("DDPM") and float(eta) == 1.0
-    if getattr(getattr(unet, "config", None), "cross_attention_dim", None) is not None and encoder_hidden_states is None:
-        raise ValueError("this UNet is text-conditioned: pass encoder_hidden_states= (prompt embeddings) or use "
+    if not flow:
+        if clip_sample is None and vae is None and _config_get(scheduler, "clip_sample", False):
+            clip_sample = float(_config_get(scheduler, "clip_sample_range", 1.0) or 1.0)
+        if vae is None and _config_get(scheduler, "thresholding", False):
+            threshold_options = {"thresholding": True,
+                                 "dynamic_thresholding_ratio": float(_config_get(scheduler, "dynamic_thresholding_ratio", 0.995)),
+                                 "sample_max_value": float(_config_get(scheduler, "sample_max_value", 1.0))}
+        if use_clipped_model_output is None:
+            use_clipped_model_output = type(scheduler).__name__.startswith("DDPM") and float(eta) == 1.0
+    cfg = getattr(unet, "config", None)
+    text_conditioned = getattr(cfg, "cross_attention_dim", None) is not None or \
+        getattr(cfg, "joint_attention_dim", None) is not None
+    if text_conditioned and encoder_hidden_states is None:
+        raise ValueError("this model is text-conditioned: pass encoder_hidden_states= (prompt embeddings) or use "
                          "svdd.from_pipeline(pipe, prompt=...)")
-    if sample_shape is None:
-        cfg = getattr(unet, "config", None)
-        size = getattr(cfg, "sample_size", None)
-        channels = getattr(cfg, "in_channels", None)
-        if size is None or channels is None:
-            raise ValueError("cannot infer sample_shape from the UNet config; pass sample_shape=(C, H, W)")
-        h, w = (size, size) if isinstance(size, int) else tuple(size)
-        sample_shape = (channels, h, w)
+    if getattr(cfg, "pooled_projection_dim", None) is not None and pooled_projections is None:
+        raise ValueError("this transformer needs pooled_projections= (the pooled prompt embeddings)")
     if device is None:
         try:
             device = next(unet.parameters()).device
         except (AttributeError, StopIteration):
             device = torch.device("cpu")
-    denoiser = DiffusersDenoiser(unet, encoder_hidden_states=encoder_hidden_states,
-                                 negative_encoder_hidden_states=negative_encoder_hidden_states,
-                                 guidance_scale=guidance_scale, unet_kwargs=unet_kwargs)
-    return DiffusersProcess(denoiser, torch.as_tensor(alphas_cumprod).detach().cpu(), vae=vae,
-                            decode_batch_size=decode_batch_size, prediction_type=prediction_type, eta=eta,
-                            clip_sample=clip_sample, sample_shape=sample_shape, device=device,
-                            use_clipped_model_output=bool(use_clipped_model_output), **threshold_options)
+    vae_scale = 2 ** (len(vae.config.block_out_channels) - 1) if vae is not None else 1
+    if sample_shape is None:
+        channels = getattr(cfg, "in_channels", None)
+        if flux and channels is not None:
+            channels //= 4
+        size = getattr(cfg, "sample_size", None)
+        if flux and size is None:
+            size = 128                       # FluxPipeline's default_sample_size (1024 px at scale 8)
+        h, w = (size, size) if isinstance(size, int) else (tuple(size) if size is not None else (None, None))
+        if height is not None:
+            h = int(height) // (vae_scale * (2 if flux else 1)) * (2 if flux else 1)
+        if width is not None:
+            w = int(width) // (vae_scale * (2 if flux else 1)) * (2 if flux else 1)
+        if h is None or w is None or channels is None:
+            raise ValueError("cannot infer sample_shape from the model config; pass sample_shape=(C, H, W)")
+        sample_shape = (channels, h, w)
+    if flux:
+        if any(v is not None for v in (clip_sample, added_cond_kwargs)):
+            raise ValueError("Flux takes no clip_sample / added_cond_kwargs")
+        denoiser = FluxDenoiser(unet, encoder_hidden_states=encoder_hidden_states,
+                                pooled_projections=pooled_projections,
+                                guidance=3.5 if guidance_scale is None else guidance_scale,
+                                negative_encoder_hidden_states=negative_encoder_hidden_states,
+                                negative_pooled_projections=negative_pooled_projections,
+                                true_cfg_scale=true_cfg_scale, unet_kwargs=unet_kwargs)
+    else:
+        cond, uncond = {}, {}
+        for key, pos, neg in (("encoder_hidden_states", encoder_hidden_states, negative_encoder_hidden_states),
+                              ("pooled_projections", pooled_projections, negative_pooled_projections),
+                              ("added_cond_kwargs", added_cond_kwargs, negative_added_cond_kwargs)):
+            if pos is not None:
+                cond[key] = pos
+            if neg is not None:
+                uncond[key] = neg
+        scale = 1.0 if guidance_scale is None else float(guidance_scale)
+        denoiser = DiffusersDenoiser(unet, guidance_scale=scale, unet_kwargs=unet_kwargs, cond=cond,
+                                     uncond=uncond if scale != 1.0 else None)
+    common = dict(vae=vae, decode_batch_size=decode_batch_size, prediction_type=prediction_type, eta=eta,
+                  sample_shape=sample_shape, device=device)
+    if flow:
+        N = int(_config_get(scheduler, "num_train_timesteps", 1000) or 1000)
+        C, h, w = sample_shape[-3:] if len(sample_shape) >= 3 else (None, None, None)
+        patch = int(getattr(cfg, "patch_size", 1) or 1)
+        seq_len = None
+        if h is not None:
+            seq_len = (h // 2) * (w // 2) if flux else (h // patch) * (w // patch)
+        grid = flow_grid(scheduler, image_seq_len=seq_len, flux=flux) if timestep_grid == "scheduler" else None
+        return DiffusersProcess(denoiser, None, schedule=FlowSchedule(N), grid=grid, **common)
+    final = getattr(scheduler, "final_alpha_cumprod", None)
+    final = 1.0 if final is None else float(final)
+    alphas_cumprod = torch.as_tensor(scheduler.alphas_cumprod).detach().cpu()
+    schedule = VPSchedule(alphas_cumprod, final_alpha_cumprod=final)
+    grid = vp_grid(scheduler) if timestep_grid == "scheduler" else None
+    return DiffusersProcess(denoiser, None, schedule=schedule, grid=grid, clip_sample=clip_sample,
+                            use_clipped_model_output=bool(use_clipped_model_output), **threshold_options, **common)
 
 
 def from_pipeline(pipe, prompt: Optional[str | list[str]] = None, *, negative_prompt: Optional[str] = None,

@@ -1,29 +1,42 @@
-"""Gaussian (DDPM / DDIM) diffusion.
+"""Gaussian diffusion and flows: one kernel family on any schedule ``x_t = a_t·x0 + s_t·ε``.
 
-Forward: ``x_t = sqrt(ᾱ_t)·x0 + sqrt(1 − ᾱ_t)·ε``. Time here is ``t = n + 1`` for training index
-``n`` (so the model is called with ``timestep = t − 1``), and ``t = 0`` is clean (ᾱ = 1).
+``schedule(t) -> (a_t, s_t)``; ``t == 0`` is clean. Variance preserving (DDPM / DDIM):
+``a = √ᾱ, s = √(1 − ᾱ)`` with ``t = n + 1`` for training index ``n`` (the model sees ``t − 1``).
+Rectified flow (diffusers' FlowMatch): ``a = 1 − σ, s = σ`` with ``t = σ·num_train_timesteps``
+(the model sees ``t``). See ``schedules.VPSchedule`` / ``FlowSchedule``.
 
-Reverse step ``t → s`` (DDIM, Song et al. 2021 eq. 12), with ``x0_hat`` and
-``ε_hat = (x_t − sqrt(ᾱ_t)·x0_hat)/sqrt(1 − ᾱ_t)``::
+The network's output becomes ``x0_hat`` by ``prediction_type``: ``epsilon`` (x0 = (x − s·ε)/a),
+``sample``, ``v_prediction`` (v = a·ε − s·x0, so x0 = (a·x − s·v)/(a² + s²)) or ``flow``
+(velocity v = ε − x0, so x0 = (x − s·v)/(a + s); rectified flow: x − σ·v).
 
-    σ² = η² · (1 − ᾱ_s)/(1 − ᾱ_t) · (1 − ᾱ_t/ᾱ_s)
-    x_s = sqrt(ᾱ_s)·x0_hat + sqrt(1 − ᾱ_s − σ²)·ε_hat + σ·z,     z ~ N(0, I)
+Reverse step ``t → t'`` (DDIM-η on the general schedule; ``../shared/reference/frontier.md`` §2),
+with ``ε_hat = (x_t − a_t·x0_hat)/s_t``::
 
-``η = 1`` is exactly the DDPM posterior q(x_s | x_t, x0_hat) on any sub-grid; ``η = 0`` is
-deterministic DDIM. The last step (s = 0, ᾱ_s = 1) lands exactly on ``x0_hat``.
+    σ_η = η · s' · sqrt(1 − (a_t·s'/(a'·s_t))²)
+    x_t' = a'·x0_hat + sqrt(s'² − σ_η²)·ε_hat + σ_η·z,     z ~ N(0, I)
+
+``η = 1`` is the DDPM posterior q(x_t' | x_t, x0_hat) on any sub-grid (VP: σ² = (1 − ᾱ')/(1 − ᾱ)·
+(1 − ᾱ/ᾱ')); ``η = 0`` is deterministic DDIM, and for a flow exactly the Euler step of diffusers'
+``FlowMatchEulerDiscreteScheduler``: (1 − σ')(x − σv) + σ'(x + (1 − σ)v) = x + (σ' − σ)·v. At σ = 1
+(a_t = 0) the ratio is 0, so η = 1 re-noises fully (x_t' = a'·x0_hat + s'·z) and x0 is never
+divided by a_t for ``flow`` / ``sample`` predictions. The last step (t' = 0, s' = 0) lands exactly
+on ``x0_hat`` for every η. ``log_prob`` is the normalised Gaussian density SUMMED over the event
+dimensions (it raises for a deterministic step).
 
 Clipping (diffusers' ``clip_sample`` / ``thresholding``) belongs to the step, as in diffusers'
 schedulers: ``predict_x0`` is the network's own prediction and ``clip_x0`` clips it (to
 ``[−clip_sample, clip_sample]``, or Imagen's dynamic thresholding: per sample, s = the
 ``dynamic_thresholding_ratio`` quantile of |x0_hat| clamped to [1, ``sample_max_value``],
 x0 = clamp(x0_hat, −s, s)/s). The step uses the clipped x0 in its first term and keeps the
-network's ε̂ = (x_t − sqrt(ᾱ_t)·x0_hat)/sqrt(1 − ᾱ_t) in the direction term (diffusers' DDIM with
+network's ε̂ = (x_t − a_t·x0_hat)/s_t in the direction term (diffusers' DDIM with
 ``use_clipped_model_output=False``); ``use_clipped_model_output=True`` recomputes ε̂ from the
 clipped x0, which at η = 1 is diffusers' DDPM step (the posterior mean at the clipped x0).
 
 ``precision="bf16"`` runs the model under ``torch.autocast`` (``svdd.accelerator``); its output
-is cast back to the sample dtype (float32) before the formulas above. ᾱ is looked up in a copy
-of the table on the device of ``t``, so a step never moves ``t`` to the host.
+is cast back to the sample dtype (float32) before the formulas above. Schedule coefficients are
+float64 on the device of ``t``, so a step never moves ``t`` to the host. ``timesteps(K)`` is the
+schedule's grid, or ``grid(K)`` when given (``from_diffusers`` passes the scheduler's own
+``set_timesteps`` grid plus the final clean time).
 """
 
 from __future__ import annotations
@@ -35,6 +48,7 @@ import torch
 from torch import Tensor
 
 from ..accelerator import HasPrecision, autocast
+from .schedules import FlowSchedule, VPSchedule
 
 _LOG_2PI = math.log(2 * math.pi)
 
@@ -70,26 +84,52 @@ class GaussianTransition:
         return (-0.5 * z.pow(2) - torch.log(std)).flatten(1).sum(1) - 0.5 * d * _LOG_2PI
 
 
+_PREDICTION_TYPES = ("epsilon", "sample", "v_prediction", "flow")
+
+
 class GaussianProcess(HasPrecision):
     """``model(x_t, timestep)`` is called like a diffusers UNet: ``timestep`` a LongTensor of
-    training indices (B,); the output a tensor or an object with ``.sample``.
-    ``precision``: ``"fp32"`` (default), ``"bf16"`` or ``"auto"`` for the model forward."""
+    training indices (B,) on a VP schedule, the float time ``t`` (B,) on a flow schedule; the
+    output a tensor or an object with ``.sample``.
+
+    ``schedule``: ``None`` (VP over ``alphas_cumprod``), ``"flow"`` (rectified flow over 1000
+    training timesteps; ``alphas_cumprod`` must then be None) or a ``VPSchedule`` /
+    ``FlowSchedule``. ``grid``: ``K -> (K + 1,)`` descending times ending at 0 (default: the
+    schedule's own). ``precision``: ``"fp32"`` (default), ``"bf16"`` or ``"auto"`` for the model
+    forward."""
 
     kind = "gaussian"
 
-    def __init__(self, model: Callable, alphas_cumprod: Tensor | Sequence[float], prediction_type: str = "epsilon",
-                 eta: float = 1.0, clip_sample: Optional[float] = None, *, sample_shape: Optional[Sequence[int]] = None,
-                 device=None, dtype: torch.dtype = torch.float32, model_kwargs: Optional[dict] = None,
-                 precision: str = "fp32", use_clipped_model_output: bool = False, thresholding: bool = False,
-                 dynamic_thresholding_ratio: float = 0.995, sample_max_value: float = 1.0):
-        if prediction_type not in ("epsilon", "sample", "v_prediction"):
-            raise ValueError(f"prediction_type must be 'epsilon', 'sample' or 'v_prediction', got {prediction_type!r}")
-        if eta < 0:
+    def __init__(self, model: Callable, alphas_cumprod: Tensor | Sequence[float] | None = None,
+                 prediction_type: str = "epsilon", eta: float = 1.0, clip_sample: Optional[float] = None, *,
+                 sample_shape: Optional[Sequence[int]] = None, device=None, dtype: torch.dtype = torch.float32,
+                 model_kwargs: Optional[dict] = None, precision: str = "fp32", use_clipped_model_output: bool = False,
+                 thresholding: bool = False, dynamic_thresholding_ratio: float = 0.995, sample_max_value: float = 1.0,
+                 schedule=None, grid: Optional[Callable[[int], Tensor]] = None):
+        if prediction_type not in _PREDICTION_TYPES:
+            raise ValueError(f"prediction_type must be one of {', '.join(map(repr, _PREDICTION_TYPES))}, "
+                             f"got {prediction_type!r}")
+        if not eta >= 0:
             raise ValueError("eta must be >= 0")
+        if schedule is None or schedule == "vp":
+            if alphas_cumprod is None:
+                raise ValueError("a VP GaussianProcess needs alphas_cumprod (or pass schedule='flow')")
+            schedule = VPSchedule(alphas_cumprod)
+        elif schedule == "flow":
+            if alphas_cumprod is not None:
+                raise ValueError("schedule='flow' takes no alphas_cumprod")
+            schedule = FlowSchedule()
+        elif not isinstance(schedule, (VPSchedule, FlowSchedule)):
+            raise ValueError(f"schedule must be None, 'vp', 'flow', a VPSchedule or a FlowSchedule, got {schedule!r}")
+        elif alphas_cumprod is not None:
+            raise ValueError("pass either alphas_cumprod or schedule=, not both")
+        self.noise_schedule = schedule
+        self.is_flow = isinstance(schedule, FlowSchedule)
         self.model = model
-        ac = torch.as_tensor(alphas_cumprod, dtype=torch.float64).flatten()
-        self.num_train_timesteps = ac.numel()
-        self._alpha_bar = torch.cat([torch.ones(1, dtype=torch.float64), ac])  # index t
+        self.num_train_timesteps = schedule.num_train_timesteps
+        if not self.is_flow:
+            self._alpha_bar = schedule.table  # index t
+        self._grid = grid
         self.prediction_type = prediction_type
         self.eta = float(eta)
         self.clip_sample = clip_sample
@@ -106,22 +146,41 @@ class GaussianProcess(HasPrecision):
             except (AttributeError, StopIteration):
                 device = torch.device("cpu")
         self.device = torch.device(device)
-        self._table(self.device)   # the device's copy of ᾱ is made here, not inside a step loop
+        if not self.is_flow:
+            self._table(self.device)   # the device's copy of ᾱ is made here, not inside a step loop
         self.dtype = dtype
         self.model_kwargs = model_kwargs or {}
         self.precision = precision
 
     # -- time ---------------------------------------------------------------------------------
     def timesteps(self, num_steps: int) -> Tensor:
-        """``num_steps + 1`` descending times from T (pure noise end) to 0 (clean), evenly spaced
-        ("trailing" spacing); ``num_steps`` ≤ T picks a sub-grid of the training timesteps."""
-        T = self.num_train_timesteps
-        if not 1 <= num_steps <= T:
-            raise ValueError(f"num_steps must be in [1, {T}], got {num_steps}")
-        ts = torch.linspace(T, 0, num_steps + 1, dtype=torch.float64).round()
+        """``num_steps + 1`` descending times from the noisy end to 0 (clean): the ``grid`` given
+        at construction (a diffusers scheduler's ``set_timesteps`` grid), else the schedule's own
+        (VP: "trailing" spacing, ``num_steps`` ≤ T; flow: FlowMatch's default σ grid)."""
+        if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
+            raise ValueError(f"num_steps must be a positive integer, got {num_steps!r}")
+        if not self.is_flow and self._grid is None and num_steps > self.num_train_timesteps:
+            raise ValueError(f"num_steps must be in [1, {self.num_train_timesteps}], got {num_steps}")
+        ts = self._grid(num_steps) if self._grid is not None else self.noise_schedule.timesteps(num_steps)
+        ts = torch.as_tensor(ts, dtype=torch.float64).flatten()
+        if ts.numel() != num_steps + 1 or float(ts[-1]) != 0.0 or bool((ts[1:] >= ts[:-1]).any()):
+            raise ValueError(f"the time grid for {num_steps} steps must be {num_steps + 1} strictly decreasing times "
+                             f"ending at 0, got {ts.tolist()}")
         return ts.to(self.device)
 
+    def schedule(self, t: Tensor | float) -> tuple[Tensor, Tensor]:
+        """(a_t, s_t) in float64 on the process device: x_t = a_t·x0 + s_t·ε."""
+        if self.is_flow:
+            sig = self.noise_schedule.sigma(t).to(self.device)
+            return 1.0 - sig, sig
+        ab = self.alpha_bar(t)
+        return ab.sqrt(), (1.0 - ab).clamp_min(0.0).sqrt()
+
     def alpha_bar(self, t: Tensor | float) -> Tensor:
+        """ᾱ_t; on a flow schedule the variance-preserving equivalent a²/(a² + s²) (same SNR)."""
+        if self.is_flow:
+            a, s = self.schedule(t)
+            return a.pow(2) / (a.pow(2) + s.pow(2))
         idx = torch.as_tensor(t, dtype=torch.float64).round().long()
         # take(), not table[idx]: indexing with a 0-d tensor reads the index on the host
         return torch.take(self._table(idx.device), idx).to(self.device)
@@ -142,13 +201,15 @@ class GaussianProcess(HasPrecision):
 
     # -- sampling -----------------------------------------------------------------------------
     def prior(self, num_samples: int, generator: Optional[torch.Generator] = None) -> Tensor:
+        """N(0, I) of shape (num_samples, *sample_shape): one ``torch.randn`` call, as diffusers'
+        ``randn_tensor`` draws the initial latents (so a pipeline's seed gives the same start)."""
         if self.sample_shape is None:
             raise ValueError("GaussianProcess needs sample_shape=(C, H, W) (or (D,)) to draw from the prior")
         return torch.randn((num_samples, *self.sample_shape), generator=generator, device=self.device, dtype=self.dtype)
 
     def model_output(self, x_t: Tensor, t: Tensor | float) -> Tensor:
         t = torch.as_tensor(t, device=x_t.device)
-        timestep = (t.round().long() - 1).clamp_min(0)
+        timestep = self.noise_schedule.model_timestep(t)
         if timestep.dim() == 0:
             timestep = timestep.expand(x_t.shape[0])
         with autocast(self.precision, x_t.device):
@@ -159,13 +220,15 @@ class GaussianProcess(HasPrecision):
         return out.to(x_t.dtype)
 
     def x0_from_output(self, out: Tensor, x_t: Tensor, t: Tensor | float) -> Tensor:
-        ab = self._bcast(self.alpha_bar(t), x_t)
+        a, s = (self._bcast(c, x_t) for c in self.schedule(t))
         if self.prediction_type == "epsilon":
-            x0 = (x_t - (1 - ab).sqrt() * out) / ab.sqrt()
+            x0 = (x_t - s * out) / a.clamp_min(1e-12)
         elif self.prediction_type == "sample":
             x0 = out
-        else:  # v_prediction
-            x0 = ab.sqrt() * x_t - (1 - ab).sqrt() * out
+        elif self.prediction_type == "flow":  # v = ε − x0
+            x0 = x_t - s * out if self.is_flow else (x_t - s * out) / (a + s)
+        else:  # v_prediction: v = a·ε − s·x0
+            x0 = a * x_t - s * out if not self.is_flow else (a * x_t - s * out) / (a * a + s * s)
         return x0
 
     def predict_x0(self, x_t: Tensor, t: Tensor | float) -> Tensor:
@@ -185,13 +248,18 @@ class GaussianProcess(HasPrecision):
         return x0
 
     def step_coefficients(self, t: Tensor | float, t_next: Tensor | float, eta: Optional[float] = None):
-        """(sqrt(ᾱ_s), sqrt(1 − ᾱ_s − σ²), σ, sqrt(ᾱ_t), sqrt(1 − ᾱ_t)) for the DDIM step t → s."""
+        """(a', sqrt(s'² − σ_η²), σ_η, a_t, s_t) for the DDIM-η step t → t' (float64)."""
         eta = self.eta if eta is None else eta
-        ab_t, ab_s = self.alpha_bar(t), self.alpha_bar(t_next)
-        var = eta ** 2 * (1 - ab_s) / (1 - ab_t).clamp_min(1e-20) * (1 - ab_t / ab_s)
+        a_t, s_t = self.schedule(t)
+        a_s, s_s = self.schedule(t_next)
+        if self.is_flow:
+            var = eta ** 2 * s_s.pow(2) * (1 - (a_t * s_s / (a_s * s_t).clamp_min(1e-300)).pow(2)).clamp_min(0.0)
+        else:   # the same quantity, in diffusers' DDIM form
+            ab_t, ab_s = a_t.pow(2), a_s.pow(2)
+            var = eta ** 2 * (1 - ab_s) / (1 - ab_t).clamp_min(1e-20) * (1 - ab_t / ab_s)
         var = var.clamp_min(0.0)
-        dir_coef = (1 - ab_s - var).clamp_min(0.0).sqrt()
-        return ab_s.sqrt(), dir_coef, var.sqrt(), ab_t.sqrt(), (1 - ab_t).sqrt()
+        dir_coef = (s_s.pow(2) - var).clamp_min(0.0).sqrt()
+        return a_s, dir_coef, var.sqrt(), a_t, s_t
 
     def transition(self, x_t: Tensor, t: Tensor | float, t_next: Tensor | float,
                    x0_hat: Optional[Tensor] = None, eta: Optional[float] = None) -> GaussianTransition:
@@ -208,17 +276,30 @@ class GaussianProcess(HasPrecision):
 
     def q_sample(self, x0: Tensor, t: Tensor | float, noise: Optional[Tensor] = None,
                  generator: Optional[torch.Generator] = None) -> Tensor:
-        """Forward noising x_t = sqrt(ᾱ_t)·x0 + sqrt(1 − ᾱ_t)·ε."""
+        """Forward noising x_t = a_t·x0 + s_t·ε."""
         if noise is None:
             noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
-        ab = self._bcast(self.alpha_bar(t), x0)
-        return ab.sqrt() * x0 + (1 - ab).sqrt() * noise
+        a, s = (self._bcast(c, x0) for c in self.schedule(t))
+        return a * x0 + s * noise
+
+    def forward_step(self, x: Tensor, t: Tensor | float, t_noisier: Tensor | float, noise: Optional[Tensor] = None,
+                     generator: Optional[torch.Generator] = None) -> Tensor:
+        """A draw of the forward Markov kernel q(x_b | x_t) for b = ``t_noisier`` ≥ t:
+        x_b = (a_b/a_t)·x + sqrt(s_b² − (a_b/a_t)²·s_t²)·z."""
+        if noise is None:
+            noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        a_t, s_t = self.schedule(t)
+        a_b, s_b = self.schedule(t_noisier)
+        ratio = a_b / a_t.clamp_min(1e-300)
+        std = (s_b.pow(2) - ratio.pow(2) * s_t.pow(2)).clamp_min(0.0).sqrt()
+        return self._bcast(ratio, x) * x + self._bcast(std, x) * noise
 
     def q_posterior(self, x0: Tensor, x_t: Tensor, t: Tensor | float, t_next: Tensor | float):
         """Mean and std of the DDPM posterior q(x_s | x_t, x0) (for checks and ELBOs)."""
-        ab_t = self._bcast(self.alpha_bar(t), x_t)
-        ab_s = self._bcast(self.alpha_bar(t_next), x_t)
-        a_ts = ab_t / ab_s  # ᾱ_t/ᾱ_s = product of alphas between s and t
-        mean = (ab_s.sqrt() * (1 - a_ts) * x0 + a_ts.sqrt() * (1 - ab_s) * x_t) / (1 - ab_t)
-        var = (1 - ab_s) / (1 - ab_t) * (1 - a_ts)
-        return mean, var.sqrt()
+        a_t, s_t = (self._bcast(c, x_t) for c in self.schedule(t))
+        a_s, s_s = (self._bcast(c, x_t) for c in self.schedule(t_next))
+        r = a_t / a_s                         # α_{t|s}
+        var_ts = s_t.pow(2) - r.pow(2) * s_s.pow(2)
+        mean = (r * s_s.pow(2) / s_t.pow(2)) * x_t + (a_s * var_ts / s_t.pow(2)) * x0
+        var = var_ts * s_s.pow(2) / s_t.pow(2)
+        return mean, var.clamp_min(0.0).sqrt()

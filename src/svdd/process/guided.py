@@ -9,8 +9,9 @@ makes the tilt tractable (``scale`` plays the role of 1/α):
   adds ``scale·g`` whatever σ (the DPS update ``x_{t−1} = x'_{t−1} + ρ·∇r(x̂0)``, Chung et al.
   2023), which also moves deterministic (η = 0, last) steps but has no density ratio.
   ``through_model=False`` (default) skips the backward pass through the denoiser and replaces
-  its Jacobian ``∂x0_hat/∂x_t = sqrt(ᾱ_t)/(1 − ᾱ_t)·Cov[x0|x_t]`` by that of unit-variance
-  Gaussian data, ``sqrt(ᾱ_t)·I``: ``g ≈ sqrt(ᾱ_t)·∇_{x0} r(x0_hat)`` (→ the exact value at low
+  its Jacobian ``∂x0_hat/∂x_t = a_t/s_t²·Cov[x0|x_t]`` by that of unit-variance Gaussian data,
+  ``a_t/(a_t² + s_t²)·I`` (VP: ``sqrt(ᾱ_t)``; flow: (1 − σ)/((1 − σ)² + σ²)):
+  ``g ≈ sqrt(ᾱ_t)·∇_{x0} r(x0_hat)`` on VP (→ the exact value at low
   noise, and small where the data cannot yet respond; dropping the covariance instead, i.e.
   ``1/sqrt(ᾱ_t)``, blows up at high noise); ``True`` backpropagates through the denoiser.
 - **Masked** (per position, independent categoricals): ``q_l(k) ∝ p_l(k)·exp(scale·Δ_{l,k})``
@@ -159,8 +160,12 @@ class GuidedProcess:
             r = self.reward_fn(x0)
             (g,) = torch.autograd.grad(r.sum(), x0, allow_unused=True)
             g = torch.zeros_like(x0) if g is None else g
-            ab = torch.as_tensor(self.process.alpha_bar(t), dtype=g.dtype, device=g.device)
-            g = g * ab.sqrt().view(-1, *([1] * (g.dim() - 1))) if ab.dim() else g * ab.sqrt()
+            if hasattr(self.process, "schedule"):   # unit-variance data: ∂E[x0|x_t]/∂x_t = a/(a² + s²)
+                a, s = self.process.schedule(t)
+                jac = torch.as_tensor(a / (a * a + s * s), dtype=g.dtype, device=g.device)
+            else:
+                jac = torch.as_tensor(self.process.alpha_bar(t), dtype=g.dtype, device=g.device).sqrt()
+            g = g * jac.view(-1, *([1] * (g.dim() - 1))) if jac.dim() else g * jac
         _count(self.process, grad=B)
         return Guidance(x0_hat.detach(), r.detach(), _nan_to_zero(g.detach()))
 
