@@ -23,15 +23,15 @@ NAMES = sorted(ALGORITHMS)
 
 
 def _toy(kind):
-    if kind == "gaussian":
-        toy = GaussianMixtureToy.default()
+    if kind in ("gaussian", "flow"):   # "flow": the rectified-flow toy on the same Gaussian kernel family
+        toy = GaussianMixtureToy.default("flow" if kind == "flow" else "vp")
         return toy.process(), toy.reward, toy.soft_value(1.0)
     toy, reward = masked_toy_with_positional_reward()
     return onehot_process(toy), reward, toy.soft_value(1.0, K)
 
 
 def _supported(name, kind):
-    return kind in ALGORITHMS[name].kinds
+    return ("gaussian" if kind == "flow" else kind) in ALGORITHMS[name].kinds
 
 
 def _run(name, kind, num_samples=3, seed=0, **kw):
@@ -46,7 +46,7 @@ def _run(name, kind, num_samples=3, seed=0, **kw):
                        generator=torch.Generator().manual_seed(seed), **kw)
 
 
-CASES = [(n, k) for n in NAMES for k in ("gaussian", "masked") if _supported(n, k)]
+CASES = [(n, k) for n in NAMES for k in ("gaussian", "flow", "masked") if _supported(n, k)]
 
 
 @pytest.mark.parametrize("name,kind", CASES)
