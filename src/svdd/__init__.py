@@ -14,7 +14,7 @@ from typing import Optional
 import torch
 
 from .algorithms import ALGORITHMS, AlgorithmError, get_algorithm
-from .process import GaussianProcess, MaskedProcess, from_diffusers
+from .process import GaussianProcess, MaskedProcess, from_diffusers, from_transformers
 from .rewards.base import RewardError, RewardWarning
 from .types import SampleResult, StepInfo
 from .values import posterior_mean_value
@@ -85,4 +85,5 @@ def from_pipeline(*args, **kwargs):
 
 
 __all__ = ["sample", "ALGORITHMS", "AlgorithmError", "GaussianProcess", "MaskedProcess", "from_diffusers",
-           "from_pipeline", "RewardError", "RewardWarning", "SampleResult", "StepInfo", "posterior_mean_value", "__version__"]
+           "from_pipeline", "from_transformers", "RewardError", "RewardWarning", "SampleResult", "StepInfo",
+           "posterior_mean_value", "__version__"]

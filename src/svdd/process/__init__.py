@@ -3,9 +3,11 @@
 from .gaussian import GaussianProcess, GaussianTransition
 from .masked import CategoricalTransition, MaskedProcess
 from .schedules import cosine_alphas_cumprod, linear_beta_alphas_cumprod
+from .transformers import TransformersMaskedProcess, from_transformers
 
 __all__ = ["GaussianProcess", "GaussianTransition", "MaskedProcess", "CategoricalTransition",
-           "linear_beta_alphas_cumprod", "cosine_alphas_cumprod", "from_diffusers"]
+           "linear_beta_alphas_cumprod", "cosine_alphas_cumprod", "from_diffusers",
+           "from_transformers", "TransformersMaskedProcess"]
 
 
 def from_diffusers(*args, **kwargs):
