@@ -22,22 +22,30 @@ One rollout (numbered as in ``_rollouts``):
      so this costs no denoiser call).
   3. Roll out with p_pre to x0, adding every state to the tree (one denoiser call per new
      non-clean node).
-  4. Back up: r(x0) at the leaf, then along the path v̂(x) = α·log((1/n_x) Σ_{c∈C(x)} exp(v̂(c)/α))
-     (α = 0: max). This is the consistent soft-Bellman form (the paper's exact backup formula
-     was not available to us; ../shared/reference/frontier.md §3.1): with exact leaf rewards the
-     product of the descent probabilities along a path telescopes, so a descent picks leaf ℓ with
-     probability exp(r(ℓ)/α)·Π_{ancestors a} n_a⁻¹ / exp(v̂(root)/α).
+  4. Back up: r(x0) at the leaf, then along the path the soft-Bellman backup with the children
+     weighted by their visit counts (``backup="visits"``, the default):
+         v̂(x) = α·log( Σ_{c∈C(x)} N(c)·exp(v̂(c)/α) / Σ_c N(c) )
+     — exp(v̂(x)/α) is then the plain average of exp(r/α) over every rollout through x — or with
+     every child weighted equally (``backup="mean"``, v̂(x) = α·log mean_c exp(v̂(c)/α), the form
+     derived in ../shared/reference/frontier.md §3.1); α = 0: max. The paper's exact formula could
+     not be checked (no public code); its nodes store a visit count.
 
-Samples: ``dts`` returns ``num_samples`` Boltzmann descents of the tree (step 1 without
-expansion, down to a clean leaf); ``dts-star`` the best leaves (one tree per sample by default).
+Samples: ``dts`` returns ``num_samples`` descents of the tree that match the backup (step 1
+without expansion, down to a clean leaf): a child is drawn ∝ N(c)·exp(v̂(c)/α) (``mean``:
+∝ exp(v̂(c)/α)), so the products telescope and a descent ends at leaf ℓ with probability
+exp(r(ℓ)/α)/Σ_leaves exp(r/α) (``mean``: exp(r(ℓ)/α)·Π_{ancestors a} n_a⁻¹ / exp(v̂(root)/α));
+``DTSState.descent_probabilities`` computes that law exactly. ``dts-star`` returns the best
+leaves (one tree per sample by default).
 
-**Bias by construction.** With a fixed cap B the descent law is self-normalised importance
-sampling over the tree's correlated leaves, exact only as B and the rollouts grow together: at a
-full node the B children are B draws of p_pre, so the step is SVDD's softmax selection among B
-children with values estimated by the subtree — biased towards the mode for small B (as SVDD-PM
-with M = B), and at levels below the full part of the tree each node has a single rollout, whose
-value is a one-sample estimate of exp(V/α). Rollouts within one batch (``rollouts_per_batch``)
-are selected against the same, not-yet-updated values.
+**Bias by construction.** Neither backup is exact at a finite tree. The leaves come from an
+adaptive proposal (expansion goes preferentially to high-value subtrees), and the descent law is a
+self-normalised importance sampler over them. ``visits`` treats every rollout as a draw of p_pre,
+so it over-weights the subtrees the search favoured (a small upward tilt, largest for a small cap);
+``mean`` weights each child's estimate equally however its children were allocated, and a child
+whose first rollout was poor keeps few children and a pessimistic value, which under-weights high
+rewards — on the Gaussian mixture it gets *worse* with more rollouts at a fixed cap (measured in
+docs/toys.md). Both are exact only in the limit of a full tree with a growing cap. Rollouts
+within one batch (``rollouts_per_batch``) are selected against the same, not-yet-updated values.
 
 Cost: nfe = the number of non-clean nodes created (each gets exactly one denoiser call, whose
 x̂0 is cached for its later expansions; the masked root adds 1), i.e. the sum of rollout lengths
@@ -144,7 +152,8 @@ class DTSState:
             "roots": torch.arange(num_trees, device=device),
         }
         meta = {"format": "svdd-dts-1", "kind": kind, "num_steps": int(num_steps), "max_children": int(B),
-                "alpha": float(alpha), "num_trees": int(num_trees), "num_nodes": 0, "rollouts": [0] * num_trees,
+                "alpha": float(alpha), "num_trees": int(num_trees), "num_nodes": 0, "backup": "visits",
+                "rollouts": [0] * num_trees,
                 "nfe": 0, "reward_calls": 0}
         return cls(t, meta)
 
@@ -241,9 +250,12 @@ class DTSState:
             ok = ch >= 0
             v = torch.where(ok, self.value[ch.clamp_min(0)], torch.full(ch.shape, -math.inf, dtype=torch.float64,
                                                                          device=ch.device))
+            if self.metadata.get("backup") == "visits":
+                v = v + alpha * torch.log(self.visits[ch.clamp_min(0)].clamp_min(1).to(torch.float64))
             finite = ok & torch.isfinite(v)
             mask = torch.where(finite.any(1, keepdim=True), finite, ok)
-            logits = torch.where(mask, torch.where(finite, v / alpha, torch.zeros_like(v)), torch.full_like(v, -math.inf))
+            logits = torch.where(finite, v / alpha, torch.zeros_like(v))
+            logits = torch.where(mask, logits, torch.full_like(v, -math.inf))
             p = torch.softmax(logits, 1).nan_to_num(0.0) * prob[nodes, None]
             prob.index_add_(0, ch[ok], p[ok])
         return prob
@@ -335,6 +347,9 @@ def _backup(run: Run, tree: DTSState, leaves: Tensor, alpha: float) -> None:
         n = tree.num_children[nodes].to(torch.float64)
         if alpha == 0:
             new_v = v.amax(1)
+        elif tree.metadata.get("backup") == "visits":   # children weighted by their visit counts
+            w = tree.visits[ch.clamp_min(0)].to(torch.float64) * has
+            new_v = alpha * (torch.logsumexp(v / alpha + torch.log(w), 1) - torch.log(w.sum(1)))
         else:
             new_v = alpha * (torch.logsumexp(v / alpha, 1) - torch.log(n))
         tree.value[nodes] = new_v
@@ -351,6 +366,8 @@ def _descend(tree: DTSState, starts: Tensor, alpha: float, generator) -> Tensor:
         if idx.numel() == 0:
             break
         ch, ok, v = _values_of_children(tree, cur[idx])
+        if tree.metadata.get("backup") == "visits" and alpha > 0:
+            v = v + alpha * torch.log(tree.visits[ch.clamp_min(0)].clamp_min(1).to(torch.float64))
         pick = boltzmann_choice(v, ok, alpha, generator)
         cur[idx] = ch[torch.arange(idx.numel(), device=idx.device), pick]
     return cur
@@ -375,10 +392,12 @@ def _new_tree(run: Run, kind: str, num_steps: int, max_children: int, alpha: flo
 
 
 def tree_search(process, reward_fn, *, num_samples, num_steps, num_rollouts, max_children, alpha, greedy,
-                num_trees, rollouts_per_batch, tree, generator, callback, max_batch_size, method):
+                num_trees, rollouts_per_batch, tree, generator, callback, max_batch_size, method, backup="visits"):
     check_common(process, num_samples, num_steps, spec_name=method)
     check_positive_int("max_children", max_children)
     alpha = check_alpha(alpha)
+    if backup not in ("visits", "mean"):
+        raise AlgorithmError(f"backup must be 'visits' or 'mean', got {backup!r}")
     if not greedy and alpha == 0:
         raise AlgorithmError("dts samples ∝ exp(r/alpha) and needs alpha > 0; for alpha = 0 (a search) use dts-star")
     if not isinstance(num_rollouts, int) or isinstance(num_rollouts, bool) or num_rollouts < (0 if tree else 1):
@@ -391,9 +410,10 @@ def tree_search(process, reward_fn, *, num_samples, num_steps, num_rollouts, max
         if not isinstance(tree, DTSState):
             raise AlgorithmError("tree= must be the DTSState of an earlier dts / dts-star run (its info['tree'])")
         meta = tree.metadata
-        for key, want in (("kind", proc.kind), ("num_steps", num_steps), ("max_children", max_children)):
-            if meta[key] != want:
-                raise AlgorithmError(f"cannot continue this tree: it was grown with {key}={meta[key]!r}, "
+        for key, want in (("kind", proc.kind), ("num_steps", num_steps), ("max_children", max_children),
+                          ("backup", backup)):
+            if meta.get(key) != want:
+                raise AlgorithmError(f"cannot continue this tree: it was grown with {key}={meta.get(key)!r}, "
                                      f"not {want!r}; pass the same {key} (or start a new tree)")
         if num_trees is not None and num_trees != meta["num_trees"]:
             raise AlgorithmError(f"cannot continue this tree: it has {meta['num_trees']} trees, not {num_trees}")
@@ -405,6 +425,7 @@ def tree_search(process, reward_fn, *, num_samples, num_steps, num_rollouts, max
         T = num_trees if num_trees is not None else (num_samples if greedy else 1)
         check_positive_int("num_trees", T)
         tree = _new_tree(run, proc.kind, num_steps, max_children, alpha, T, ts, generator)
+        tree.metadata["backup"] = backup
     T = tree.metadata["num_trees"]
     if num_samples % T:
         raise AlgorithmError(f"num_samples ({num_samples}) must be a multiple of num_trees ({T})")
@@ -439,7 +460,8 @@ def tree_search(process, reward_fn, *, num_samples, num_steps, num_rollouts, max
         picks = []
         for k in range(T):
             leaves = tree.leaves(k)
-            score = torch.where(tree.valid[leaves], tree.reward[leaves], torch.full_like(tree.reward[leaves], -math.inf))
+            r = tree.reward[leaves]
+            score = torch.where(tree.valid[leaves], r, torch.full_like(r, -math.inf))
             order = leaves[torch.argsort(score, descending=True, stable=True)]
             picks.append(order[torch.arange(per_tree, device=order.device) % order.numel()])
         chosen = torch.cat(picks)
@@ -462,12 +484,13 @@ def _rollouts_per_tree(tree: DTSState, T: int) -> list:
 
 @register("dts", budget_knob="num_rollouts")
 def dts(process, reward_fn, *, num_samples, num_steps, num_rollouts=64, max_children=4, alpha=1.0,
-        num_trees=None, rollouts_per_batch=None, tree=None, generator=None, callback=None, max_batch_size=None):
+        num_trees=None, rollouts_per_batch=None, tree=None, backup="visits", generator=None, callback=None,
+        max_batch_size=None):
     """Diffusion Tree Sampling: Boltzmann descents of one search tree (anytime; tree= continues)."""
     return tree_search(process, reward_fn, num_samples=num_samples, num_steps=num_steps, num_rollouts=num_rollouts,
                        max_children=max_children, alpha=alpha, greedy=False, num_trees=num_trees,
                        rollouts_per_batch=rollouts_per_batch, tree=tree, generator=generator, callback=callback,
-                       max_batch_size=max_batch_size, method="dts")
+                       max_batch_size=max_batch_size, method="dts", backup=backup)
 
 
 @register("dts-star", budget_knob="num_rollouts")

@@ -11,8 +11,9 @@ search).
    the best N of all N·M copies are kept (global top-N).
 4. Repeat 2–3 until the paths are clean (each round moves Δb − Δf levels down the grid).
 
-Forward noising between grid times t < t' (t' noisier): Gaussian
-x_{t'} = √(ᾱ_{t'}/ᾱ_t)·x_t + √(1 − ᾱ_{t'}/ᾱ_t)·ε; masked, each unmasked token is re-masked with
+Forward noising between grid times t < t' (t' noisier), on any Gaussian schedule
+x_t = a_t·x0 + s_t·ε (VP or rectified flow): x_{t'} = (a_{t'}/a_t)·x_t + √(s_{t'}² − (a_{t'}s_t/a_t)²)·ε
+(VP: √(ᾱ_{t'}/ᾱ_t)·x_t + √(1 − ᾱ_{t'}/ᾱ_t)·ε); masked, each unmasked token is re-masked with
 probability (m(t') − m(t))/(1 − m(t)). The paper denoises with the ODE solver; here the
 process's own kernel is used (η as configured).
 
@@ -37,9 +38,21 @@ def forward_noise(proc, x, t, t_prev, generator):
         p = 0.0 if m >= 1.0 else (m_prev - m) / (1.0 - m)
         u = torch.rand(x.shape, generator=generator, device=gdev, dtype=torch.float64).to(x.device)
         return torch.where(u < p, torch.full_like(x, proc.mask_id), x)
-    ratio = (proc.alpha_bar(t_prev) / proc.alpha_bar(t)).to(x.dtype).to(x.device)
+    (a, s), (a_prev, s_prev) = _schedule(proc, t), _schedule(proc, t_prev)
+    ratio = a_prev / a
+    std = (s_prev.pow(2) - ratio.pow(2) * s.pow(2)).clamp_min(0).sqrt()
     eps = torch.randn(x.shape, generator=generator, device=gdev, dtype=x.dtype).to(x.device)
-    return ratio.sqrt() * x + (1 - ratio).clamp_min(0).sqrt() * eps
+    return ratio.to(x.dtype).to(x.device) * x + std.to(x.dtype).to(x.device) * eps
+
+
+def _schedule(proc, t):
+    """(a_t, s_t) of x_t = a_t·x0 + s_t·ε (VP and flows); processes without ``schedule`` are VP."""
+    schedule = getattr(proc, "schedule", None)
+    if callable(schedule):
+        a, s = schedule(t)
+        return torch.as_tensor(a, dtype=torch.float64), torch.as_tensor(s, dtype=torch.float64)
+    ab = torch.as_tensor(proc.alpha_bar(t), dtype=torch.float64)
+    return ab.sqrt(), (1 - ab).clamp_min(0).sqrt()
 
 
 @register("search-over-paths", budget_knob="num_candidates")
