@@ -237,7 +237,7 @@ class _WorkerStates:
 
     num_workers: int
     state: list
-    max_start_failures: int = 3
+    max_start_failures: int = 5
 
     def _init_states(self) -> None:
         self.state = ["down"] * self.num_workers
@@ -294,7 +294,7 @@ class ProcessBackend(_WorkerStates):
 
     def __init__(self, init_fn: Callable, init_args: tuple = (), *, num_workers: int = 2,
                  threads_per_worker: Optional[int] = None, worker_env: Optional[list[dict]] = None,
-                 startup_timeout_s: float = 300.0, max_start_failures: int = 3):
+                 startup_timeout_s: float = 300.0, max_start_failures: int = 5):
         import sys
 
         self.blob = _dumps((init_fn, init_args))
