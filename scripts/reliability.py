@@ -150,7 +150,143 @@ def svdd_cmd(argv: list[str]) -> list[str]:
 
 
 def run_svdd(argv: list[str], **kw) -> dict:
+    server = _FORK_SERVERS.get()
+    if server is not None and not kw.get("env") and not kw.get("stdin"):
+        return server.run(argv, cwd=kw.get("cwd"), timeout=kw.get("timeout", 60))
     return run_cmd(svdd_cmd(argv), **kw)
+
+
+# ------------------------------------------------------------------------------------------------
+# fork servers: `python -m svdd.cli` semantics without paying the interpreter + torch start-up
+# (~1.5 CPU-s) for each of hundreds of short runs
+# ------------------------------------------------------------------------------------------------
+def _fork_server_main() -> int:
+    """``reliability.py _fork-server``: import svdd.cli once; for each request (a JSON line with
+    argv, cwd, timeout) fork a child that runs ``svdd.cli`` as ``__main__`` (exactly what
+    ``python -m svdd.cli ARGV`` runs) in its own session, with stdout / stderr in files; kill
+    its whole process group at the timeout; answer with its exit status and output. The server
+    itself never runs a tensor op, so the children start from an idle interpreter."""
+    import io
+    import runpy
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    sys.path.insert(0, str(ROOT / "src"))
+    import svdd.cli  # noqa: F401  (the import the children share)
+
+    channel = sys.stdout
+    for line in sys.stdin:
+        req = json.loads(line)
+        out_f, err_f = tempfile.TemporaryFile(), tempfile.TemporaryFile()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        started = time.perf_counter()
+        pid = os.fork()
+        if pid == 0:                                       # the child: become `python -m svdd.cli`
+            code = 1
+            try:
+                os.setsid()
+                if req.get("cwd"):
+                    os.chdir(req["cwd"])
+                null = os.open(os.devnull, os.O_RDONLY)
+                os.dup2(null, 0)
+                os.dup2(out_f.fileno(), 1)
+                os.dup2(err_f.fileno(), 2)
+                sys.stdin = io.TextIOWrapper(io.FileIO(0, "r", closefd=False))
+                sys.stdout = io.TextIOWrapper(io.FileIO(1, "w", closefd=False), write_through=True)
+                sys.stderr = io.TextIOWrapper(io.FileIO(2, "w", closefd=False), write_through=True)
+                sys.argv = [str(ROOT / "src" / "svdd" / "cli.py"), *req["argv"]]
+                try:
+                    runpy.run_module("svdd.cli", run_name="__main__", alter_sys=True)
+                    code = 0
+                except SystemExit as exc:
+                    if exc.code is None:
+                        code = 0
+                    elif isinstance(exc.code, int):
+                        code = exc.code
+                    else:
+                        print(exc.code, file=sys.stderr)
+                        code = 1
+                except BaseException:
+                    traceback.print_exc()
+                    code = 1
+                try:
+                    sys.stdout.flush()
+                    sys.stderr.flush()
+                except BaseException:
+                    pass
+            finally:
+                os._exit(code & 0xFF if isinstance(code, int) else 1)
+        timed_out, status = False, None
+        deadline = started + float(req.get("timeout", 60))
+        while True:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                break
+            if time.perf_counter() > deadline:
+                timed_out = True
+                _kill_group(pid)
+                _, status = os.waitpid(pid, 0)
+                break
+            time.sleep(0.01)
+        _kill_group(pid)                                   # anything the run left in its session
+        rc = os.waitstatus_to_exitcode(status) if status is not None else None
+        texts = []
+        for f in (out_f, err_f):
+            f.seek(0)
+            texts.append(f.read().decode("utf-8", "replace"))
+            f.close()
+        channel.write(json.dumps({"rc": rc, "stdout": texts[0], "stderr": texts[1], "timed_out": timed_out,
+                                  "wall_s": round(time.perf_counter() - started, 3)}) + "\n")
+        channel.flush()
+    return 0
+
+
+class ForkServer:
+    """A pool of ``_fork-server`` processes, used from threads (one request per server at a time)."""
+
+    def __init__(self, n: int):
+        import queue
+
+        self.free: "queue.Queue" = queue.Queue()
+        self.procs = []
+        for _ in range(max(1, n)):
+            p = subprocess.Popen([_python(), str(Path(__file__).resolve()), "_fork-server"], stdin=subprocess.PIPE,
+                                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=_env(),
+                                 start_new_session=True)
+            self.procs.append(p)
+            self.free.put(p)
+
+    def run(self, argv: list[str], cwd=None, timeout: float = 60) -> dict:
+        p = self.free.get()
+        try:
+            p.stdin.write(json.dumps({"argv": [str(a) for a in argv], "cwd": str(cwd) if cwd else None,
+                                      "timeout": timeout}) + "\n")
+            p.stdin.flush()
+            line = p.stdout.readline()
+            if not line:
+                raise RuntimeError("a fork server died")
+            return json.loads(line)
+        finally:
+            self.free.put(p)
+
+    def close(self) -> None:
+        for p in self.procs:
+            try:
+                p.stdin.close()
+                p.wait(timeout=10)
+            except Exception:
+                _kill_group(p.pid)
+
+
+class _ServerSlot:
+    def __init__(self):
+        self.server: Optional[ForkServer] = None
+
+    def get(self) -> Optional[ForkServer]:
+        return self.server
+
+
+_FORK_SERVERS = _ServerSlot()
 
 
 def has_traceback(res: dict) -> bool:
@@ -1244,58 +1380,67 @@ def probe_rewards(args) -> Probe:
                               "knobs": "M = N = 2, 4 particles, 2 DNO iterations",
                               "timeout_s": args.timeout, "faults_text": FAULT_TEXT,
                               "failing_region": "x < 0 (gaussian), token sum not divisible by 3 (masked, molecules)"})
-    for key in ("crashes", "hangs", "missing_warning", "wrong_shape_accepted", "not_applicable", "tracebacks"):
+    for key in ("crashes", "hangs", "missing_warning", "wrong_shape_accepted", "not_applicable", "tracebacks",
+                "fault_not_hit", "repeated_warnings"):
         probe.counts[key] = 0
-    worker = CellWorker()
-    try:
-        for domain in domains:
+
+    def run_domain(domain: str) -> list:
+        """All cells of one domain, in one worker process (domains run in parallel)."""
+        worker, answers = CellWorker(), []
+        try:
             for method in methods:
                 for fault in FAULTS:
                     cell = {"domain": domain, "method": method, "fault": fault}
-                    cid = f"{domain} / {method} / {fault}"
-                    res = worker.run(cell, args.timeout)
-                    repro = (f"python scripts/reliability.py rewards --cell {domain},{method},{fault}")
-                    if res is None:
-                        probe.bump("hangs")
-                        probe.add(cid, False, f"hang (no answer in {args.timeout:g} s)", repro)
-                        continue
-                    status = res.get("status")
-                    if status == "n/a":
-                        probe.bump("not_applicable")
-                        continue
-                    why = []
-                    if status in ("harness", "died"):
-                        probe.bump("crashes")
-                        why.append(f"{status}: {res.get('error')}")
-                    elif status == "raised":
-                        ok = (fault == "wrong-shape" and res.get("reward_error")
-                              or fault in ("list", "int") and res.get("svdd_error")
-                              and svdd.ALGORITHMS[method].needs_gradients)
-                        if not ok:
-                            probe.bump("crashes")
-                            why.append(f"crash: {res.get('error')} at {res.get('where', '')[:160]}")
-                        elif not res.get("one_line"):
-                            why.append(f"error is not one line: {res.get('error')}")
-                    else:
-                        if fault == "wrong-shape":
-                            probe.bump("wrong_shape_accepted")
-                            why.append("a wrong-shape reward was accepted (no RewardError)")
-                        if fault in FAILING_FAULTS and (res.get("reward_failed_samples") or res.get("reward_errors")
-                                                        or res.get("reward_invalid") or res.get("reward_warnings")) \
-                                and res.get("reward_warnings", 0) < 1:
-                            probe.bump("missing_warning")
-                            why.append("reward evaluations failed but no RewardWarning")
-                        elif fault in FAILING_FAULTS and not res.get("reward_warnings") \
-                                and not (res.get("reward_failed_samples") or res.get("reward_errors")
-                                         or res.get("reward_invalid")):
-                            probe.notes.append(f"{cid}: no evaluation hit the failing region")
-                        if not res.get("finite_rewards", True):
-                            why.append("non-finite rewards returned")
-                    probe.add(cid, not why, "; ".join(why), repro if why else "", status=status,
-                              wall_s=res.get("wall_s"), warnings=res.get("reward_warnings"),
-                              error=res.get("error"))
-    finally:
-        worker.stop()
+                    answers.append((domain, method, fault, worker.run(cell, args.timeout)))
+        finally:
+            worker.stop()
+        return answers
+
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=max(1, min(args.jobs, len(domains)))) as pool:
+        answers = [a for part in pool.map(run_domain, domains) for a in part]
+    for domain, method, fault, res in answers:
+        cid = f"{domain} / {method} / {fault}"
+        repro = (f"python scripts/reliability.py rewards --cell {domain},{method},{fault}")
+        if res is None:
+            probe.bump("hangs")
+            probe.add(cid, False, f"hang (no answer in {args.timeout:g} s)", repro)
+            continue
+        status = res.get("status")
+        if status == "n/a":
+            probe.bump("not_applicable")
+            continue
+        why = []
+        if status in ("harness", "died"):
+            probe.bump("crashes")
+            why.append(f"{status}: {res.get('error')}")
+        elif status == "raised":
+            ok = (fault == "wrong-shape" and res.get("reward_error")
+                  or fault in ("list", "int") and res.get("svdd_error")
+                  and svdd.ALGORITHMS[method].needs_gradients)
+            if not ok:
+                probe.bump("crashes")
+                why.append(f"crash: {res.get('error')} at {res.get('where', '')[:160]}")
+            elif not res.get("one_line"):
+                why.append(f"error is not one line: {res.get('error')}")
+        else:
+            if fault == "wrong-shape":
+                probe.bump("wrong_shape_accepted")
+                why.append("a wrong-shape reward was accepted (no RewardError)")
+            failed = any(res.get(k) for k in ("reward_failed_samples", "reward_errors", "reward_invalid"))
+            if fault in FAILING_FAULTS and failed and not res.get("reward_warnings"):
+                probe.bump("missing_warning")
+                why.append("reward evaluations failed but no RewardWarning")
+            elif fault in FAILING_FAULTS and not failed and not res.get("reward_warnings"):
+                probe.bump("fault_not_hit")    # every sample fell outside the failing region
+            if (res.get("reward_warnings") or 0) > 1:
+                probe.bump("repeated_warnings")
+            if not res.get("finite_rewards", True):
+                why.append("non-finite rewards returned")
+        probe.add(cid, not why, "; ".join(why), repro if why else "", status=status,
+                  wall_s=res.get("wall_s"), warnings=res.get("reward_warnings"),
+                  error=res.get("error"))
     return probe
 
 
@@ -1477,9 +1622,14 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["_cell-worker"]:
         return _cell_worker_main()
+    if argv[:1] == ["_fork-server"]:
+        return _fork_server_main()
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--results", default=str(RESULTS), help="folder of the probes' JSON files")
     ap.add_argument("--keep", action="store_true", help="keep the temporary run folders")
+    ap.add_argument("--fresh", action="store_true",
+                    help="start a fresh `python -m svdd.cli` for every malformed / tamper run (default: fork each "
+                         "run from a pre-imported server process, same semantics, much less start-up)")
     sub = ap.add_subparsers(dest="probe", required=True)
     m = sub.add_parser("malformed")
     m.add_argument("--timeout", type=float, default=60)
@@ -1500,6 +1650,7 @@ def main(argv=None) -> int:
     r.add_argument("--timeout", type=float, default=45)
     r.add_argument("--domains", nargs="*", default=None)
     r.add_argument("--cell", default=None, help="run one DOMAIN,METHOD,FAULT cell here and print it")
+    r.add_argument("--jobs", type=int, default=3, help="domains in parallel (one worker process each)")
     a = sub.add_parser("all")
     a.add_argument("--skip", nargs="*", default=[], choices=PROBES)
     rd = sub.add_parser("render")
@@ -1528,17 +1679,28 @@ def main(argv=None) -> int:
     defaults = {"malformed": dict(timeout=60.0, jobs=3, limit=None),
                 "kill": dict(trials=26, samples=24, seed=14, jobs=2),
                 "tamper": dict(jobs=3), "concurrent": dict(trials=8, sleep=3.0, seed=14),
-                "rewards": dict(timeout=45.0, domains=None, cell=None)}
+                "rewards": dict(timeout=45.0, domains=None, cell=None, jobs=3)}
     names = [p for p in PROBES if p not in args.skip] if args.probe == "all" else [args.probe]
     failed = []
     for name in names:
         ns = argparse.Namespace(**{**defaults[name], **vars(args)}) if args.probe == "all" else args
         print(f"[{name}] {TITLES[name]}", flush=True)
+        forked = name in ("malformed", "tamper") and not args.fresh
         try:
-            runners[name](ns).save(results)
+            if forked:
+                _FORK_SERVERS.server = ForkServer(ns.jobs)
+            probe = runners[name](ns)
+            probe.sizes["runner"] = ("each run forked from a pre-imported server process that executes svdd.cli "
+                                     "as __main__ (what `python -m svdd.cli` does)" if forked else
+                                     "a fresh `python -m svdd.cli` interpreter per run")
+            probe.save(results)
         except Exception:                     # a broken probe must not stop the others
             traceback.print_exc()
             failed.append(name)
+        finally:
+            if _FORK_SERVERS.server is not None:
+                _FORK_SERVERS.server.close()
+                _FORK_SERVERS.server = None
     if failed:
         print(f"probes that could not run: {', '.join(failed)}", file=sys.stderr)
         return 1
