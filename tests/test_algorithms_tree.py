@@ -169,6 +169,13 @@ def test_dts_resume_save_load_and_refusals(tmp_path):
                     **{**kw, "max_children": 5})
     with pytest.raises(AlgorithmError, match="alpha > 0"):
         svdd.sample(proc, toy.reward, method="dts", num_rollouts=5, **{**kw, "alpha": 0.0})
+    # the same through paths (what `svdd sample --set save_tree=... / --set tree=...` does)
+    saved = tmp_path / "saved.safetensors"
+    svdd.sample(proc, toy.reward, method="dts", num_rollouts=10, save_tree=str(saved), generator=_gen(6), **kw)
+    c = svdd.sample(proc, toy.reward, method="dts", num_rollouts=5, tree=str(saved), generator=_gen(7), **kw)
+    assert c.info["tree_rollouts_total"] == 15
+    with pytest.raises(AlgorithmError, match="cannot read the tree"):
+        svdd.sample(proc, toy.reward, method="dts", num_rollouts=5, tree=str(tmp_path / "missing"), **kw)
     bad = tmp_path / "other.safetensors"
     from svdd.runfolder import save_tensors
 

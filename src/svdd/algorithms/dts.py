@@ -52,13 +52,15 @@ x̂0 is cached for its later expansions; the masked root adds 1), i.e. the sum o
 — at most ``num_rollouts·K`` per tree, less once the top of the tree is full; reward calls = one
 per rollout. Memory: every state and its x̂0 (``(L, V)`` probabilities on masked processes).
 Budget knob ``num_rollouts``. ``info["tree"]`` is a :class:`DTSState` (tensors plus JSON-able
-metadata, ``save``/``load`` via safetensors, never a pickle); pass it back as ``tree=`` with more
-``num_rollouts`` to continue the search (anytime).
+metadata, ``save``/``load`` via safetensors, never a pickle); pass it back as ``tree=`` (the object,
+or the path a ``save_tree=PATH`` run wrote: ``svdd sample --set save_tree=t.safetensors`` then
+``--set tree=t.safetensors``) with more ``num_rollouts`` to continue the search (anytime).
 """
 
 from __future__ import annotations
 
 import math
+import os
 from typing import Optional
 
 import torch
@@ -392,7 +394,8 @@ def _new_tree(run: Run, kind: str, num_steps: int, max_children: int, alpha: flo
 
 
 def tree_search(process, reward_fn, *, num_samples, num_steps, num_rollouts, max_children, alpha, greedy,
-                num_trees, rollouts_per_batch, tree, generator, callback, max_batch_size, method, backup="visits"):
+                num_trees, rollouts_per_batch, tree, generator, callback, max_batch_size, method, backup="visits",
+                save_tree=None):
     check_common(process, num_samples, num_steps, spec_name=method)
     check_positive_int("max_children", max_children)
     alpha = check_alpha(alpha)
@@ -406,9 +409,15 @@ def tree_search(process, reward_fn, *, num_samples, num_steps, num_rollouts, max
     proc = run.process
     ts = proc.timesteps(num_steps)
     torch.set_grad_enabled(False)
+    if isinstance(tree, (str, os.PathLike)):         # a tree saved by DTSState.save / save_tree=
+        try:
+            tree = DTSState.load(tree, device=getattr(proc, "device", None))
+        except (OSError, ValueError) as err:
+            raise AlgorithmError(f"cannot read the tree {str(tree)!r}: {err}") from None
     if tree is not None:
         if not isinstance(tree, DTSState):
-            raise AlgorithmError("tree= must be the DTSState of an earlier dts / dts-star run (its info['tree'])")
+            raise AlgorithmError("tree= must be the DTSState of an earlier dts / dts-star run (its info['tree']) "
+                                 "or the path of one saved with save_tree=")
         meta = tree.metadata
         for key, want in (("kind", proc.kind), ("num_steps", num_steps), ("max_children", max_children),
                           ("backup", backup)):
@@ -467,6 +476,8 @@ def tree_search(process, reward_fn, *, num_samples, num_steps, num_rollouts, max
         chosen = torch.cat(picks)
     else:        # Boltzmann descents of each tree
         chosen = _descend(tree, tree.roots.repeat_interleave(per_tree), meta["alpha"], generator)
+    if save_tree is not None:
+        tree.save(save_tree)
     x0 = tree.state[chosen]
     rewards = tree.reward[chosen]     # an invalid leaf reports the reward's declared invalid_value
     return run.result(x0, rewards.float(), None, tree=tree, num_trees=T, num_rollouts=num_rollouts,
@@ -484,24 +495,24 @@ def _rollouts_per_tree(tree: DTSState, T: int) -> list:
 
 @register("dts", budget_knob="num_rollouts")
 def dts(process, reward_fn, *, num_samples, num_steps, num_rollouts=64, max_children=4, alpha=1.0,
-        num_trees=None, rollouts_per_batch=None, tree=None, backup="visits", generator=None, callback=None,
-        max_batch_size=None):
+        num_trees=None, rollouts_per_batch=None, tree=None, save_tree=None, backup="visits", generator=None,
+        callback=None, max_batch_size=None):
     """Diffusion Tree Sampling: Boltzmann descents of one search tree (anytime; tree= continues)."""
     return tree_search(process, reward_fn, num_samples=num_samples, num_steps=num_steps, num_rollouts=num_rollouts,
                        max_children=max_children, alpha=alpha, greedy=False, num_trees=num_trees,
                        rollouts_per_batch=rollouts_per_batch, tree=tree, generator=generator, callback=callback,
-                       max_batch_size=max_batch_size, method="dts", backup=backup)
+                       max_batch_size=max_batch_size, method="dts", backup=backup, save_tree=save_tree)
 
 
 @register("dts-star", budget_knob="num_rollouts")
 def dts_star(process, reward_fn, *, num_samples, num_steps, num_rollouts=16, max_children=4, alpha=0.0,
-             num_trees=None, rollouts_per_batch=None, tree=None, generator=None, callback=None,
+             num_trees=None, rollouts_per_batch=None, tree=None, save_tree=None, generator=None, callback=None,
              max_batch_size=None):
     """Diffusion Tree Search: greedy selection, the best leaf of each tree (one tree per sample)."""
     return tree_search(process, reward_fn, num_samples=num_samples, num_steps=num_steps, num_rollouts=num_rollouts,
                        max_children=max_children, alpha=alpha, greedy=True, num_trees=num_trees,
                        rollouts_per_batch=rollouts_per_batch, tree=tree, generator=generator, callback=callback,
-                       max_batch_size=max_batch_size, method="dts-star")
+                       max_batch_size=max_batch_size, method="dts-star", save_tree=save_tree)
 
 
 # ------------------------------------------------------------------------------------------------
