@@ -186,6 +186,24 @@ def test_sdxl_call_loop_parity_with_euler():
     diff = float((svdd_images(process, 1, 8, seed=2) - ref).abs().max())
     print(f"max |diff| on [0, 1] images: {diff:.2e}")
     assert diff <= TOL, diff
+    # from_pipeline builds the time ids (H, W, 0, 0, H, W) itself (vae scale factor 1 here)
+    pipe = TextPipeline(unet=unet, vae=vae, vae_scale_factor=1, scheduler=sched, text_encoder_2=object(),
+                        encoded=(pos, neg, added["text_embeds"], negative_added["text_embeds"]))
+    got = svdd_images(svdd.from_pipeline(pipe, "a prompt", guidance_scale=5.0, eta=0.0), 1, 8, seed=2)
+    assert float((got - ref).abs().max()) <= TOL
+
+
+class TextPipeline:
+    """Stands in for a text pipeline (whose text encoders need ``transformers``): its components
+    and an ``encode_prompt`` returning fixed embeddings in the pipeline's own return order."""
+
+    def __init__(self, encoded, **components):
+        self.__dict__.update(components)
+        self.encoded, self.calls = encoded, []
+
+    def encode_prompt(self, *args, **kwargs):
+        self.calls.append(kwargs)
+        return self.encoded
 
 
 # -- SD3 (SD3Transformer2DModel + FlowMatchEulerDiscreteScheduler) ---------------------------------
@@ -228,6 +246,14 @@ def test_sd3_call_loop_parity(dynamic):
     diff = float((svdd_images(process, B, K, seed=5) - ref).abs().max())
     print(f"max |diff| on [0, 1] images: {diff:.2e}")
     assert diff <= TOL, diff
+    # from_pipeline on an object with StableDiffusion3Pipeline's components and encode_prompt
+    pipe = TextPipeline(transformer=transformer, vae=vae, vae_scale_factor=1,
+                        scheduler=diffusers.FlowMatchEulerDiscreteScheduler.from_config(sched.config),
+                        encoded=(pos, neg, pooled, npooled))
+    diff = float((svdd_images(svdd.from_pipeline(pipe, "a prompt", guidance_scale=w, eta=0.0), B, K, seed=5)
+                  - ref).abs().max())
+    assert diff <= TOL, diff
+    assert pipe.calls and pipe.calls[0]["do_classifier_free_guidance"]
 
 
 # -- Flux (FluxTransformer2DModel: packed latents, ids, guidance embedding) -------------------------
@@ -278,5 +304,10 @@ def test_flux_call_loop_parity(guidance_embeds):
     diff = float((svdd_images(process, B, K, seed=6) - ref).abs().max())
     print(f"max |diff| on [0, 1] images: {diff:.2e}")
     assert diff <= TOL, diff
+    # from_pipeline on an object with FluxPipeline's components and encode_prompt (height/width in pixels)
+    pipe = TextPipeline(transformer=transformer, vae=vae, vae_scale_factor=1, scheduler=sched,
+                        encoded=(emb, pooled, torch.zeros(emb.shape[1], 3)))
+    got = svdd_images(svdd.from_pipeline(pipe, "a prompt", guidance_scale=gs, height=H, width=W, eta=0.0), B, K, 6)
+    assert float((got - ref).abs().max()) <= TOL
     x = decode_latents(vae, torch.zeros(1, 1, H, W))
     assert x.shape == (1, 3, H, W)

@@ -479,48 +479,111 @@ def from_diffusers(unet, scheduler, *, vae=None, encoder_hidden_states: Optional
                             use_clipped_model_output=bool(use_clipped_model_output), **threshold_options, **common)
 
 
+def pipeline_family(pipe) -> str:
+    """"pixel" (DDPM/DDIM), "sd", "sdxl", "sd3" or "flux", from the pipeline's components."""
+    if getattr(pipe, "transformer", None) is not None:
+        return "flux" if is_flux_transformer(pipe.transformer) else "sd3"
+    if getattr(pipe, "unet", None) is None:
+        raise ValueError(f"{type(pipe).__name__} has neither a unet nor a transformer; build the process with "
+                         "svdd.from_diffusers(model, scheduler, ...) instead")
+    if getattr(pipe, "vae", None) is None:
+        return "pixel"
+    cfg = getattr(pipe.unet, "config", None)
+    if getattr(pipe, "text_encoder_2", None) is not None or getattr(cfg, "addition_embed_type", None) == "text_time":
+        return "sdxl"
+    return "sd"
+
+
+_DEFAULT_GUIDANCE = {"sd": 7.5, "sdxl": 5.0, "sd3": 7.0, "flux": 3.5}
+
+
 def from_pipeline(pipe, prompt: Optional[str | list[str]] = None, *, negative_prompt: Optional[str] = None,
                   guidance_scale: Optional[float] = None, height: Optional[int] = None, width: Optional[int] = None,
                   eta: float = 1.0, prompt_embeds: Optional[Tensor] = None,
-                  negative_prompt_embeds: Optional[Tensor] = None, device=None, **kwargs) -> DiffusersProcess:
-    """Build a process from a loaded pipeline: ``DDPMPipeline``/``DDIMPipeline`` (pixel) or a
-    ``StableDiffusionPipeline``-like one (latent + text: ``vae``, ``text_encoder``, ``encode_prompt``).
+                  negative_prompt_embeds: Optional[Tensor] = None, pooled_prompt_embeds: Optional[Tensor] = None,
+                  negative_pooled_prompt_embeds: Optional[Tensor] = None, true_cfg_scale: float = 1.0,
+                  device=None, **kwargs) -> DiffusersProcess:
+    """Build a process from a loaded pipeline: ``DDPMPipeline``/``DDIMPipeline`` (pixel),
+    ``StableDiffusionPipeline``, ``StableDiffusionXLPipeline`` (added conditioning: pooled text
+    embeddings and the (H, W, 0, 0, H, W) time ids), ``StableDiffusion3Pipeline`` and
+    ``FluxPipeline`` (flow models). Prompts go through the pipeline's own ``encode_prompt``, or
+    pass ``prompt_embeds`` (and the pooled / negative ones) directly.
 
-    ``guidance_scale`` defaults to 7.5 for text pipelines (1 = no guidance)."""
-    unet = getattr(pipe, "unet", None)
+    ``guidance_scale`` defaults to the pipeline's own (SD 7.5, SDXL 5, SD3 7; Flux: the guidance
+    embedding, 3.5 — its true CFG is ``true_cfg_scale`` with a negative prompt). ``height`` /
+    ``width`` are in pixels. The time grid is the pipeline scheduler's ``set_timesteps`` grid."""
+    family = pipeline_family(pipe)
     scheduler = getattr(pipe, "scheduler", None)
-    if unet is None or scheduler is None:
-        raise ValueError(f"{type(pipe).__name__} has no unet/scheduler; build the process with "
-                         "svdd.from_diffusers(unet, scheduler, ...) instead")
+    if scheduler is None:
+        raise ValueError(f"{type(pipe).__name__} has no scheduler")
+    model = pipe.transformer if family in ("sd3", "flux") else pipe.unet
     vae = getattr(pipe, "vae", None)
     if device is None:
-        device = next(unet.parameters()).device
-    if vae is None:  # pixel pipeline
-        if prompt is not None:
+        device = next(model.parameters()).device
+    if family == "pixel":
+        if prompt is not None or prompt_embeds is not None:
             raise ValueError(f"{type(pipe).__name__} is unconditional; drop prompt=")
-        return from_diffusers(unet, scheduler, eta=eta, device=device, **kwargs)
-    if getattr(pipe, "text_encoder_2", None) is not None:
-        raise ValueError("SDXL-style pipelines need added conditioning; pass its UNet to svdd.from_diffusers "
-                         "with unet_kwargs={'added_cond_kwargs': ...}")
-    guidance_scale = 7.5 if guidance_scale is None else float(guidance_scale)
-    do_cfg = guidance_scale != 1.0
+        return from_diffusers(model, scheduler, eta=eta, device=device, **kwargs)
+    guidance_scale = _DEFAULT_GUIDANCE[family] if guidance_scale is None else float(guidance_scale)
+    do_cfg = (true_cfg_scale > 1 and (negative_prompt is not None or negative_prompt_embeds is not None)) \
+        if family == "flux" else guidance_scale > 1.0
     if prompt_embeds is None:
         if prompt is None:
             raise ValueError("a text-conditioned pipeline needs prompt= (or prompt_embeds=)")
         if not hasattr(pipe, "encode_prompt"):
             raise ValueError(f"{type(pipe).__name__} has no encode_prompt; pass prompt_embeds= instead")
-        prompt_embeds, negative_prompt_embeds = pipe.encode_prompt(
-            prompt, device, 1, do_cfg, negative_prompt, negative_prompt_embeds=negative_prompt_embeds)
-    if do_cfg and negative_prompt_embeds is None:
-        raise ValueError("guidance_scale != 1 needs negative_prompt_embeds= (or a prompt, so the pipeline encodes '')")
-    scale = getattr(pipe, "vae_scale_factor", 2 ** (len(vae.config.block_out_channels) - 1))
-    size = unet.config.sample_size
-    h = (height // scale) if height else (size if isinstance(size, int) else size[0])
-    w = (width // scale) if width else (size if isinstance(size, int) else size[1])
-    return from_diffusers(unet, scheduler, vae=vae, encoder_hidden_states=prompt_embeds,
+        if family == "sd":
+            prompt_embeds, negative_prompt_embeds = pipe.encode_prompt(
+                prompt, device, 1, do_cfg, negative_prompt, negative_prompt_embeds=negative_prompt_embeds)
+        elif family == "sdxl":
+            prompt_embeds, negative_prompt_embeds, pooled_prompt_embeds, negative_pooled_prompt_embeds = \
+                pipe.encode_prompt(prompt=prompt, device=device, num_images_per_prompt=1,
+                                   do_classifier_free_guidance=do_cfg, negative_prompt=negative_prompt)
+        elif family == "sd3":
+            prompt_embeds, negative_prompt_embeds, pooled_prompt_embeds, negative_pooled_prompt_embeds = \
+                pipe.encode_prompt(prompt=prompt, prompt_2=None, prompt_3=None, device=device,
+                                   num_images_per_prompt=1, do_classifier_free_guidance=do_cfg,
+                                   negative_prompt=negative_prompt)
+        else:  # flux
+            prompt_embeds, pooled_prompt_embeds, _ = pipe.encode_prompt(prompt=prompt, prompt_2=None, device=device,
+                                                                        num_images_per_prompt=1)
+            if do_cfg and negative_prompt is not None:
+                negative_prompt_embeds, negative_pooled_prompt_embeds, _ = pipe.encode_prompt(
+                    prompt=negative_prompt, prompt_2=None, device=device, num_images_per_prompt=1)
+    if family != "flux" and do_cfg and negative_prompt_embeds is None:
+        raise ValueError("guidance_scale > 1 needs negative_prompt_embeds= (or a prompt, so the pipeline encodes '')")
+    if family in ("sdxl", "sd3", "flux") and pooled_prompt_embeds is None:
+        raise ValueError(f"a {family} pipeline needs pooled_prompt_embeds= with prompt_embeds=")
+    scale = getattr(pipe, "vae_scale_factor", None) or 2 ** (len(vae.config.block_out_channels) - 1)
+    cfg = model.config
+    if family == "flux":
+        default = getattr(pipe, "default_sample_size", 128) * scale
+        h_px, w_px = height or default, width or default
+        C = cfg.in_channels // 4
+        h, w = 2 * (int(h_px) // (scale * 2)), 2 * (int(w_px) // (scale * 2))
+        return from_diffusers(model, scheduler, vae=vae, encoder_hidden_states=prompt_embeds,
+                              pooled_projections=pooled_prompt_embeds,
+                              negative_encoder_hidden_states=negative_prompt_embeds if do_cfg else None,
+                              negative_pooled_projections=negative_pooled_prompt_embeds if do_cfg else None,
+                              guidance_scale=guidance_scale, true_cfg_scale=true_cfg_scale, eta=eta,
+                              sample_shape=(C, h, w), device=device, **kwargs)
+    size = cfg.sample_size
+    h = (int(height) // scale) if height else (size if isinstance(size, int) else size[0])
+    w = (int(width) // scale) if width else (size if isinstance(size, int) else size[1])
+    extra = {}
+    if family == "sd3":
+        extra = dict(pooled_projections=pooled_prompt_embeds,
+                     negative_pooled_projections=negative_pooled_prompt_embeds if do_cfg else None)
+    elif family == "sdxl":
+        ids = torch.tensor([[h * scale, w * scale, 0, 0, h * scale, w * scale]], dtype=prompt_embeds.dtype,
+                           device=device)
+        extra = dict(added_cond_kwargs={"text_embeds": pooled_prompt_embeds, "time_ids": ids},
+                     negative_added_cond_kwargs=({"text_embeds": negative_pooled_prompt_embeds, "time_ids": ids}
+                                                 if do_cfg else None))
+    return from_diffusers(model, scheduler, vae=vae, encoder_hidden_states=prompt_embeds,
                           negative_encoder_hidden_states=negative_prompt_embeds if do_cfg else None,
-                          guidance_scale=guidance_scale, eta=eta, sample_shape=(unet.config.in_channels, h, w),
-                          device=device, **kwargs)
+                          guidance_scale=guidance_scale if do_cfg else 1.0, eta=eta,
+                          sample_shape=(cfg.in_channels, h, w), device=device, **extra, **kwargs)
 
 
 def latent_reward(reward_fn: Callable[[Tensor], Tensor], process) -> Callable[[Tensor], Tensor]:
