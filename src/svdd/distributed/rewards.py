@@ -54,7 +54,8 @@ class RewardWorker:
 
     def meta(self) -> dict:
         iv = getattr(self.reward, "invalid_value", None)
-        return {"name": getattr(self.reward, "name", type(self.reward).__name__),
+        name = getattr(self.reward, "name", None) or getattr(self.reward, "__name__", None) or type(self.reward).__name__
+        return {"name": name,
                 "invalid_value": None if iv is None else float(iv), "pid": os.getpid()}
 
     def __call__(self, x: Tensor) -> Tensor:
