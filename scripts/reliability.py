@@ -80,6 +80,8 @@ def _env(**extra: str) -> dict:
 
 
 def _git_revision() -> Optional[str]:
+    if os.environ.get("SVDD_PROBE_REVISION"):          # set by `reliability.py before REV`
+        return os.environ["SVDD_PROBE_REVISION"]
     try:
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10,
                              cwd=ROOT)
@@ -455,7 +457,7 @@ class Probe:
 
     def add(self, case_id: str, survived: bool, reason: str = "", repro: str = "", **extra) -> dict:
         case = {"id": case_id, "survived": bool(survived), "reason": reason, **extra}
-        if repro:
+        if repro and not survived:
             case["repro"] = repro
         self.cases.append(case)
         mark = "ok  " if survived else "LOST"
@@ -1412,9 +1414,12 @@ def probe_rewards(args) -> Probe:
             probe.bump("not_applicable")
             continue
         why = []
-        if status in ("harness", "died"):
+        if status == "harness":                 # the probe could not set the cell up (an API it needs)
+            probe.bump("harness_errors")
+            why.append(f"the probe could not run this cell: {res.get('error')}")
+        elif status == "died":
             probe.bump("crashes")
-            why.append(f"{status}: {res.get('error')}")
+            why.append(f"the process died: {res.get('error')}")
         elif status == "raised":
             ok = (fault == "wrong-shape" and res.get("reward_error")
                   or fault in ("list", "int") and res.get("svdd_error")
@@ -1547,6 +1552,29 @@ def render(results: Path = RESULTS) -> str:
     lines += ["", f"Measured at revision {', '.join(revs)} ({when[0]} – {when[-1]}), on a shared "
               f"{'/'.join(cpus)}-core "
               f"CPU machine; all probes together took {wall / 60:.1f} min.", ""]
+    before = _load_results(results / "before")
+    if before:
+        rev = sorted({str(d.get("git_revision")) for d in before.values()})
+        lines += [f"## Before the fixes: the same probes on revision {', '.join(rev)}", "",
+                  "To show that each probe can fail, `python scripts/reliability.py before "
+                  f"{rev[0]}` ran this script (and this corpus) against that revision, the parent of the "
+                  "issue-14 work; its JSON files are under `benchmarks/results/reliability/before/`.", "",
+                  "| probe | tried then | lost then | lost now | what was lost then (first cases) |",
+                  "|---|---:|---:|---:|---|"]
+        for name in PROBES:
+            b, d = before.get(name), data.get(name)
+            if b is None:
+                continue
+            lost = [c for c in b.get("cases", []) if not c.get("survived")]
+            kinds: dict[str, int] = {}
+            for c in lost:
+                key = re.sub(r"\d+(\.\d+)?", "N", str(c.get("reason", "")))[:90]
+                kinds[key] = kinds.get(key, 0) + 1
+            top = "; ".join(f"{n}× {_md(k)}" for k, n in sorted(kinds.items(), key=lambda kv: -kv[1])[:3])
+            lines.append(f"| {TITLES[name]} | {b['tried']} | {b['lost']} | {d['lost'] if d else '–'} | {top} |")
+        lines += ["", "| target | then | verdict then |", "|---|---|---|"]
+        lines += [f"| {t} | {m} | {v} |" for t, m, v in _targets(before)]
+        lines.append("")
     for name in PROBES:
         d = data.get(name)
         if d is None:
@@ -1597,8 +1625,9 @@ def _rewards_matrix(d: dict) -> list[str]:
         return []
     methods = sorted({m for m, _ in cells})
     faults = [f for f in FAULTS if any((m, f) in cells for m in methods)]
-    lines = ["Survived / tried per method and fault (domains pooled; n/a cells — DNO on masked processes, "
-             "gradient methods with the worker-timed hang — left out):", "",
+    lines = ["Survived / tried per method and fault (domains pooled; cells that cannot apply are left out: DNO "
+             "on masked processes, gradient methods on toy-masked, which has no differentiable reward, and "
+             "gradient methods with the hang fault, whose timed worker rewards are not differentiable):", "",
              "| method | " + " | ".join(faults) + " |", "|---|" + "---:|" * len(faults)]
     for m in methods:
         row = []
@@ -1651,6 +1680,8 @@ def main(argv=None) -> int:
     r.add_argument("--domains", nargs="*", default=None)
     r.add_argument("--cell", default=None, help="run one DOMAIN,METHOD,FAULT cell here and print it")
     r.add_argument("--jobs", type=int, default=3, help="domains in parallel (one worker process each)")
+    bf = sub.add_parser("before", help="run every probe on an older revision (git archive) into RESULTS/before")
+    bf.add_argument("revision")
     a = sub.add_parser("all")
     a.add_argument("--skip", nargs="*", default=[], choices=PROBES)
     rd = sub.add_parser("render")
@@ -1674,6 +1705,8 @@ def main(argv=None) -> int:
         return 0
     if args.probe == "rewards" and args.cell:
         return _one_cell(args.cell)
+    if args.probe == "before":
+        return _before(args.revision, results / "before")
     runners = {"malformed": probe_malformed, "kill": probe_kill, "tamper": probe_tamper,
                "concurrent": probe_concurrent, "rewards": probe_rewards}
     defaults = {"malformed": dict(timeout=60.0, jobs=3, limit=None),
@@ -1705,6 +1738,23 @@ def main(argv=None) -> int:
         print(f"probes that could not run: {', '.join(failed)}", file=sys.stderr)
         return 1
     return 0
+
+
+def _before(revision: str, out: Path) -> int:
+    """This script and tests/malformed_corpus.py run against ``git archive REVISION``."""
+    tmp = Path(tempfile.mkdtemp(prefix="svdd-rel-before-"))
+    archive = subprocess.run(["git", "archive", revision], cwd=ROOT, capture_output=True)
+    if archive.returncode != 0:
+        print(f"git archive {revision} failed: {archive.stderr.decode()[-300:]}", file=sys.stderr)
+        return 2
+    subprocess.run(["tar", "-x", "-C", str(tmp)], input=archive.stdout, check=True)
+    shutil.copy(Path(__file__).resolve(), tmp / "scripts" / "reliability.py")
+    shutil.copy(ROOT / "tests" / "malformed_corpus.py", tmp / "tests" / "malformed_corpus.py")
+    rc = subprocess.call([sys.executable, str(tmp / "scripts" / "reliability.py"), "--results", str(out.resolve()),
+                          "all"], cwd=tmp, env={**os.environ, "SVDD_PROBE_REVISION": revision,
+                                                "SVDD_PROBE_NO_REEXEC": "1"})
+    shutil.rmtree(tmp, ignore_errors=True)
+    return rc
 
 
 def _write_json_text(path: Path, text: str) -> None:
