@@ -171,6 +171,12 @@ def _load(args):
         if loader is None:
             raise UserError(f"--diffusers works only with --domain images, not {args.domain!r}")
         if not Path(args.diffusers).exists():
+            import re
+
+            if re.fullmatch(r"[\w.-]+/[\w.-]+", str(args.diffusers)):   # a hub id: no network here
+                raise UserError(f"--diffusers {args.diffusers} looks like a Hugging Face hub id; svdd loads local "
+                                f"folders only: save it first with DiffusionPipeline.from_pretrained("
+                                f"'{args.diffusers}').save_pretrained('DIR') and pass --diffusers DIR")
             raise UserError(f"--diffusers {args.diffusers}: no such folder")
         options = {k: v for k, v in (("prompt", getattr(args, "prompt", None)),
                                      ("guidance_scale", getattr(args, "guidance_scale", None))) if v is not None}

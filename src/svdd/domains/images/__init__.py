@@ -60,7 +60,9 @@ def load_digits(device="cpu", *, eta: float = 1.0, path: Optional[Path] = None):
     if not (path / "unet" / "diffusion_pytorch_model.safetensors").exists():
         raise DomainError(f"the digits DDPM weights are missing at {path}; train them with "
                           "`python scripts/train_images.py` (see docs/images.md)")
-    return load_diffusers(path, device, eta=eta)
+    # svdd's evenly spaced ("trailing") grid, which the shipped results were made with; the saved
+    # scheduler's own grid is "leading" (DDPMPipeline on this folder), which starts at ᾱ ≈ 0.02 here
+    return load_diffusers(path, device, eta=eta, timestep_grid="trailing")
 
 
 def _scheduler_from(folder: Path):
@@ -74,12 +76,15 @@ def _scheduler_from(folder: Path):
 
 
 def load_diffusers(path, device="cpu", *, prompt: Optional[str] = None, guidance_scale: Optional[float] = None,
-                   eta: float = 1.0, torch_dtype: Optional[torch.dtype] = None):
+                   eta: float = 1.0, torch_dtype: Optional[torch.dtype] = None, timestep_grid: str = "scheduler"):
     """A saved diffusers pipeline folder (``model_index.json``) or UNet folder (``config.json``
     with a ``scheduler_config.json`` beside it or in ``../scheduler``) -> ``GaussianProcess``.
 
     Pipelines without a text encoder (DDPM/DDIM, unconditional latent diffusion) load
-    component by component; text pipelines (Stable Diffusion) need ``prompt=``."""
+    component by component and refuse ``prompt=`` / ``guidance_scale=``; text pipelines (Stable
+    Diffusion, SDXL, SD3, Flux) need ``prompt=`` (and ``transformers`` for their text encoders).
+    ``timestep_grid``: ``"scheduler"`` (the saved scheduler's ``set_timesteps`` grid, as the
+    pipeline samples) or ``"trailing"``."""
     diffusers = _import_diffusers()
     from ...process.adapters import from_diffusers, from_pipeline
 
@@ -91,8 +96,14 @@ def load_diffusers(path, device="cpu", *, prompt: Optional[str] = None, guidance
             if prompt is None:
                 raise DomainError(f"{path} is a text-conditioned pipeline: give a prompt (Python: "
                                   "svdd.domains.images.load_diffusers(path, prompt='...'))")
-            pipe = diffusers.DiffusionPipeline.from_pretrained(str(path), safety_checker=None, **kwargs).to(device)
-            return from_pipeline(pipe, prompt, guidance_scale=guidance_scale, eta=eta)
+            extra = {"safety_checker": None} if "safety_checker" in index else {}
+            try:
+                pipe = diffusers.DiffusionPipeline.from_pretrained(str(path), **extra, **kwargs).to(device)
+            except ImportError as err:
+                raise DomainError(f"{path}: loading its text encoders failed ({err}); "
+                                  "pip install transformers") from None
+            return from_pipeline(pipe, prompt, guidance_scale=guidance_scale, eta=eta, timestep_grid=timestep_grid)
+        _unconditional(path, prompt, guidance_scale)
         if "unet" not in index or "scheduler" not in index:
             raise DomainError(f"{path}: a pipeline without unet/scheduler is not supported")
         unet_cls = getattr(diffusers, index["unet"][1])
@@ -102,8 +113,9 @@ def load_diffusers(path, device="cpu", *, prompt: Optional[str] = None, guidance
         if index.get("vqvae") or index.get("vae"):
             key = "vae" if index.get("vae") else "vqvae"
             vae = getattr(diffusers, index[key][1]).from_pretrained(str(path), subfolder=key, **kwargs).to(device).eval()
-        return from_diffusers(unet, scheduler, vae=vae, eta=eta, device=device)
+        return from_diffusers(unet, scheduler, vae=vae, eta=eta, device=device, timestep_grid=timestep_grid)
     if (path / "config.json").exists():
+        _unconditional(path, prompt, guidance_scale)
         cfg = json.loads((path / "config.json").read_text())
         unet_cls = getattr(diffusers, cfg.get("_class_name", "UNet2DModel"), None)
         if unet_cls is None:
@@ -116,8 +128,14 @@ def load_diffusers(path, device="cpu", *, prompt: Optional[str] = None, guidance
             raise DomainError(f"no scheduler_config.json next to {path} or in {path.parent / 'scheduler'}; "
                               "save the scheduler with scheduler.save_pretrained(...) there")
         unet = unet_cls.from_pretrained(str(path), **kwargs).to(device).eval()
-        return from_diffusers(unet, scheduler, eta=eta, device=device)
+        return from_diffusers(unet, scheduler, eta=eta, device=device, timestep_grid=timestep_grid)
     raise DomainError(f"{path} is not a diffusers folder (no model_index.json or config.json)")
+
+
+def _unconditional(path, prompt, guidance_scale) -> None:
+    for flag, value in (("--prompt", prompt), ("--guidance-scale", guidance_scale)):
+        if value is not None:
+            raise DomainError(f"{path} is an unconditional model (no text encoder); drop {flag}")
 
 
 # -- rewards ------------------------------------------------------------------------------------
