@@ -1,28 +1,41 @@
-"""Diffusers adapters: any diffusers UNet + scheduler (+ VAE, + prompt embeddings) as a
-``GaussianProcess``.
+"""Diffusers adapters: a diffusers denoiser + scheduler (+ VAE, + prompt embeddings) as a
+``GaussianProcess`` on the scheduler's own schedule and time grid.
 
-A diffusers scheduler holds the forward process ``q(x_t | x0) = N(sqrt(ᾱ_t)·x0, (1 − ᾱ_t)·I)``
-(``scheduler.alphas_cumprod``) and what the UNet predicts (``config.prediction_type``: ε, x0 or
-v). That is all the reverse kernel needs: ``GaussianProcess`` turns the UNet output into
-``x0_hat`` and takes DDPM (``eta=1``) or DDIM (``eta=0``) steps on any sub-grid — the
-scheduler's own mutable state (``set_timesteps``) is never used.
+A DDPM/DDIM-family scheduler holds the forward process ``x_t = √ᾱ_t·x0 + √(1 − ᾱ_t)·ε``
+(``alphas_cumprod``) and what the UNet predicts (``prediction_type``: ε, x0 or v); a
+``FlowMatchEulerDiscreteScheduler`` the rectified flow ``x_t = (1 − σ)·x0 + σ·ε`` with a
+velocity ``v = ε − x0`` model and ``t = 1000σ``. That is all the reverse kernel needs:
+``GaussianProcess`` turns the model output into ``x0_hat`` and takes DDIM-η steps (η = 1 the
+DDPM-like posterior, η = 0 DDIM / the flow's Euler step). The scheduler's mutable state is never
+used; ``process.timesteps(K)`` is its ``set_timesteps(K)`` grid (``timestep_spacing``,
+``steps_offset``, ``shift``, μ from the image size for dynamic shifting) plus the clean time, and
+DDIM's ``set_alpha_to_one=False`` ends at ᾱ_0 as diffusers does — so ancestral sampling with the
+pipeline's seed reproduces the pipeline (``tests/test_diffusers_parity.py``).
 
+- **Models.** UNets are called ``unet(x, timestep, ...)`` (LongTensor training indices on VP
+  schedules); transformers taking ``hidden_states=`` (SD3, Sana) by keyword with the float
+  ``timestep = t`` and ``pooled_projections``; Flux through ``FluxDenoiser`` (2×2-packed latents,
+  image ids [0, row, col], zero text ids, ``timestep = t/1000``, the guidance embedding of
+  guidance-distilled models, true CFG as a second call). The process state is always the
+  unpacked latent (B, C, H, W), drawn by one ``randn`` of that shape as the pipelines do.
 - **Latent diffusion**: with ``vae=`` the process lives in the VAE's latent space, scaled as in
   diffusers (``z = scaling_factor · (E(x) − shift)``). Rewards are defined on pixels, so wrap
   them with ``latent_reward(reward_fn, process)`` (or ``process.decode``), which decodes
   ``x0_hat``/``x0`` with ``x = D(z / scaling_factor + shift)`` before scoring; gradients flow
   through the decoder, so a differentiable pixel reward stays differentiable.
-- **Classifier-free guidance**: with ``encoder_hidden_states`` (cond) and
-  ``negative_encoder_hidden_states`` (uncond, e.g. the empty prompt) and ``guidance_scale`` w,
-  ``ε̂ = ε̂_u + w·(ε̂_c − ε̂_u)`` — one UNet call on the doubled batch ``[x; x]`` per step. The
-  guided ``ε̂`` defines the "pretrained" kernel that SVDD and the other methods tilt. Each
-  guided evaluation is counted as one nfe (it costs two UNet rows).
+- **Classifier-free guidance**: with the prompt's and the negative prompt's conditioning
+  (``encoder_hidden_states``, ``pooled_projections``, SDXL's ``added_cond_kwargs``) and
+  ``guidance_scale`` w, ``out = out_u + w·(out_c − out_u)`` — one model call on the doubled batch
+  ``[x; x]`` per step, ``[uncond; cond]`` as the pipelines order it. The guided output defines the
+  "pretrained" kernel that SVDD and the other methods tilt. Each guided evaluation is counted as
+  one nfe (it costs two model rows).
 - UNets that also predict a variance (``out_channels = 2·in_channels``) have the extra
   channels dropped; the process uses the fixed DDPM/DDIM variances.
 """
 
 from __future__ import annotations
 
+import warnings
 from typing import Callable, Optional, Sequence
 
 import torch
@@ -399,6 +412,14 @@ def from_diffusers(unet, scheduler, *, vae=None, encoder_hidden_states: Optional
     if timestep_grid not in ("scheduler", "trailing"):
         raise ValueError(f"timestep_grid must be 'scheduler' or 'trailing', got {timestep_grid!r}")
     prediction_type = "flow" if flow else (_config_get(scheduler, "prediction_type", "epsilon") or "epsilon")
+    if flow and _config_get(scheduler, "stochastic_sampling", False):
+        warnings.warn("the scheduler's stochastic_sampling (a full re-noise each step) is not used: svdd's flow "
+                      "kernel is the DDIM-eta posterior (eta=0: the Euler step, eta=1: Gaussian conditioning)",
+                      UserWarning, stacklevel=2)
+    variance_type = _config_get(scheduler, "variance_type", None)
+    if not flow and variance_type not in (None, "fixed_small") and float(eta) > 0:
+        warnings.warn(f"the scheduler's variance_type={variance_type!r} is not used: svdd's steps use the posterior "
+                      "variance (fixed_small) scaled by eta", UserWarning, stacklevel=2)
     threshold_options = {}
     if not flow:
         if clip_sample is None and vae is None and _config_get(scheduler, "clip_sample", False):
