@@ -86,13 +86,16 @@ def test_flow_grid_is_the_schedulers_set_timesteps_with_shift():
 
 
 # -- pixel pipelines, run themselves --------------------------------------------------------------
-@pytest.mark.parametrize("pipeline", ["DDPMPipeline", "DDIMPipeline"])
-def test_pixel_pipeline_parity(pipeline):
+@pytest.mark.parametrize("pipeline,eta", [("DDPMPipeline", 1.0), ("DDIMPipeline", 0.0), ("DDIMPipeline", 1.0)])
+def test_pixel_pipeline_parity(pipeline, eta):
+    """The pipelines themselves, 10 of 1000 steps: DDPM (noise drawn from the generator each step),
+    DDIM at eta 0 and at eta 1 (default clip_sample=True, "leading" spacing). The old svdd grid
+    ("trailing") is measurably different (the negative control)."""
     unet = tiny_unet()
     if pipeline == "DDPMPipeline":
-        pipe, kw, eta = diffusers.DDPMPipeline(unet=unet, scheduler=diffusers.DDPMScheduler()), {}, 1.0
-    else:  # eta 0, default clip_sample=True, "leading" spacing
-        pipe, kw, eta = diffusers.DDIMPipeline(unet=unet, scheduler=diffusers.DDIMScheduler()), {"eta": 0.0}, 0.0
+        pipe, kw = diffusers.DDPMPipeline(unet=unet, scheduler=diffusers.DDPMScheduler()), {}
+    else:
+        pipe, kw = diffusers.DDIMPipeline(unet=unet, scheduler=diffusers.DDIMScheduler()), {"eta": eta}
         assert pipe.scheduler.config.clip_sample and pipe.scheduler.config.timestep_spacing == "leading"
     pipe.set_progress_bar_config(disable=True)
     ref = pipe(batch_size=2, generator=torch.Generator().manual_seed(3), num_inference_steps=10, output_type="np",
@@ -101,6 +104,8 @@ def test_pixel_pipeline_parity(pipeline):
     diff = float(np.abs(ours - ref).max())
     print(f"max |diff| on [0, 1] images: {diff:.2e}")
     assert diff <= TOL, diff
+    old = svdd_images(svdd.from_pipeline(pipe, eta=eta, timestep_grid="trailing"), 2, 10, seed=3)
+    assert float(np.abs(old.permute(0, 2, 3, 1).numpy() - ref).max()) > 1e-2
 
 
 # -- Stable Diffusion (UNet2DConditionModel + VAE + CFG) -------------------------------------------
