@@ -125,7 +125,6 @@ def test_ancestral_law_is_the_data_law(toy, eta):
     assert abs(frac - w) <= 4 * math.sqrt(w * (1 - w) / n)
 
 
-@pytest.mark.slow
 def test_smc_exact_value_reaches_the_tilted_target(toy):
     """SMC (η = 1, exact soft value, α = 1), K = 100, 4 runs × 500: weighted mean within 4 SE
     (SE across runs) + 0.01 of the tilted mixture's 1.348 (measured: 1.342 ± 0.009)."""
@@ -153,7 +152,6 @@ def test_smc_and_svdd_exact_value_move_to_the_tilted_target_fast(toy):
     assert m_smc > 1.0 and float(sv.x0.mean()) > 0.8 and frac > 0.75, (m_smc, float(sv.x0.mean()), frac)
 
 
-@pytest.mark.slow
 def test_svdd_exact_value_approaches_the_tilted_target(toy):
     """SVDD-MC (exact soft value, α = 1, M = 64, K = 50, 500 samples). SVDD is biased low (its
     self-normalised importance step is O(1/M) and the K-step chain is not the continuous-time
