@@ -115,3 +115,26 @@ def test_cli_reward_workers_output_equals_in_process(tmp_path):
     assert main([*argv, "--reward-workers", "1", "--out", str(tmp_path / "b")]) == 0
     for name in ("samples.csv", "molecules.sdf"):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+
+
+@pytest.mark.slow
+def test_a_vina_worker_killed_while_idle_is_replaced_before_it_is_given_a_molecule():
+    import os
+    import signal
+    import time
+
+    pytest.importorskip("vina")
+    from svdd.domains.molecules.docking import DockingReward
+
+    reward = DockingReward("parp1", cache=False, num_workers=1)
+    try:
+        first = reward.score_smiles(["CCO"])
+        pid = reward.pool.workers[0][0].pid
+        os.kill(pid, signal.SIGKILL)
+        time.sleep(0.5)
+        reward.memory.clear()
+        again = reward.score_smiles(["CCO", "c1ccccc1O"])
+        assert again[0] == first[0] and again[1] == again[1]   # exact, and not NaN ("worker died")
+        assert reward.pool.workers[0][0].pid != pid
+    finally:
+        reward.close()

@@ -260,6 +260,9 @@ class DockingPool:
         done = startup_deaths = 0
         startup_deadline = time.time() + 120.0 + self.timeout_s
         while done < len(smiles):
+            for w in list(self.workers):  # a worker that died while idle is replaced, not handed work
+                if w[3] and w[2] is None and not w[0].is_alive():
+                    self._replace(w)
             for w in self.workers:  # hand out work to ready, idle workers
                 if w[3] and w[2] is None and pending:
                     i = pending.pop()
@@ -400,8 +403,9 @@ class DockingReward:
             fresh = dict(zip(todo, results))
             self.failures += sum(1 for r in results if r[0] is None)
             self.memory.update(fresh)
-            if self.cache is not None:  # timeouts are not cached (they may succeed with more time)
-                self.cache.put(self.key, {k: v for k, v in fresh.items() if not (v[2] or "").startswith("timeout")})
+            if self.cache is not None:  # timeouts and killed workers are not cached (they may succeed next time)
+                self.cache.put(self.key, {k: v for k, v in fresh.items()
+                                          if not (v[2] or "").startswith(("timeout", "worker died"))})
         return [self.memory[c] if c else (None, "", "invalid molecule") for c in canon]
 
     def score_smiles(self, smiles: Sequence[str]) -> list[float]:
