@@ -164,3 +164,16 @@ def test_svdd_exact_value_approaches_the_tilted_target(toy):
     w = float(toy.tilted(1.0)[2][1])
     frac = float((toy.component_of(res.x0) == 1).double().mean())
     assert abs(frac - w) <= 4 * math.sqrt(w * (1 - w) / n) + 0.02
+
+
+def test_from_diffusers_takes_a_plain_velocity_callable_with_a_flowmatch_scheduler(toy):
+    diffusers = pytest.importorskip("diffusers")
+    sched = diffusers.FlowMatchEulerDiscreteScheduler(shift=2.0)
+    proc = svdd.from_diffusers(lambda x, t: toy.velocity(x.double(), t.double()).float(), sched, sample_shape=(1,),
+                               eta=1.0)
+    assert proc.prediction_type == "flow" and proc.is_flow
+    sched.set_timesteps(5)
+    assert torch.equal(proc.timesteps(5)[:-1].float(), sched.timesteps)
+    res = svdd.sample(proc, toy.reward, method="svdd-pm", num_samples=8, num_steps=5, num_candidates=2,
+                      generator=torch.Generator().manual_seed(0))
+    assert res.x0.shape == (8, 1) and torch.isfinite(res.x0).all()

@@ -79,6 +79,13 @@ def _to(v, device, dtype):
     return v.to(device) if isinstance(v, Tensor) else v
 
 
+def _param_dtype(model, default: torch.dtype) -> torch.dtype:
+    try:
+        return next(model.parameters()).dtype
+    except (AttributeError, StopIteration):
+        return default
+
+
 def _keyword_call(model) -> bool:
     """Transformers (SD3, Sana, ...) take ``hidden_states=`` and ``timestep=`` by keyword."""
     import inspect
@@ -140,7 +147,7 @@ class DiffusersDenoiser(nn.Module):
         return out
 
     def forward(self, x_t: Tensor, timestep: Tensor) -> Tensor:
-        dtype = next(self.unet.parameters()).dtype
+        dtype = _param_dtype(self.unet, x_t.dtype)
         x = x_t.to(dtype)
         B = x.shape[0]
         if timestep.is_floating_point():   # flow time t = 1000σ, as the pipelines pass it (float32)
