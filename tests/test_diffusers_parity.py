@@ -219,13 +219,15 @@ def tiny_sd3(seed=0):
         caption_projection_dim=32, joint_attention_dim=32, pooled_projection_dim=64, out_channels=4).eval()
 
 
-@pytest.mark.parametrize("dynamic", [False, True])
-def test_sd3_call_loop_parity(dynamic):
+@pytest.mark.parametrize("dynamic,stochastic", [(False, False), (True, False), (False, True)])
+def test_sd3_call_loop_parity(dynamic, stochastic):
     """StableDiffusion3Pipeline.__call__ loop (the pipeline needs transformers): randn latents,
     CFG on [uncond; cond] with pooled projections, timestep = t (σ·1000), FlowMatch Euler steps
-    (static shift 3, or dynamic shifting with μ from the latent size), decode with shift_factor."""
+    (static shift 3, or dynamic shifting with μ from the latent size), decode with shift_factor;
+    and the scheduler's stochastic_sampling (a full re-noise drawn from the generator each step)."""
     transformer, vae = tiny_sd3(), tiny_vae(shift_factor=0.0609, scaling_factor=1.5035)
-    sched = diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=dynamic)
+    sched = diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=dynamic,
+                                                      stochastic_sampling=stochastic)
     g = torch.Generator().manual_seed(0)
     pos, neg = torch.randn(1, 7, 32, generator=g), torch.randn(1, 7, 32, generator=g)
     pooled, npooled = torch.randn(1, 64, generator=g), torch.randn(1, 64, generator=g)
@@ -242,7 +244,7 @@ def test_sd3_call_loop_parity(dynamic):
             v = transformer(hidden_states=inp, timestep=t.expand(inp.shape[0]), encoder_hidden_states=emb,
                             pooled_projections=pool, return_dict=False)[0]
             u, c = v.chunk(2)
-            latents = sched.step(u + w * (c - u), t, latents, return_dict=False)[0]
+            latents = sched.step(u + w * (c - u), t, latents, generator=gen, return_dict=False)[0]
         ref = to_image(vae.decode(latents / vae.config.scaling_factor + vae.config.shift_factor, return_dict=False)[0])
     process = svdd.from_diffusers(transformer, diffusers.FlowMatchEulerDiscreteScheduler.from_config(sched.config),
                                   vae=vae, encoder_hidden_states=pos, negative_encoder_hidden_states=neg,

@@ -377,7 +377,7 @@ def from_diffusers(unet, scheduler, *, vae=None, encoder_hidden_states: Optional
                    negative_pooled_projections: Optional[Tensor] = None, added_cond_kwargs: Optional[dict] = None,
                    negative_added_cond_kwargs: Optional[dict] = None, true_cfg_scale: float = 1.0,
                    height: Optional[int] = None, width: Optional[int] = None,
-                   timestep_grid: str = "scheduler") -> DiffusersProcess:
+                   timestep_grid: str = "scheduler", renoise: Optional[bool] = None) -> DiffusersProcess:
     """Build a ``GaussianProcess`` from a diffusers model and scheduler.
 
     Parameters
@@ -405,6 +405,8 @@ def from_diffusers(unet, scheduler, *, vae=None, encoder_hidden_states: Optional
         from the clipped x0 (diffusers' DDPM step) or the network's own ε̂ (diffusers' DDIM
         default). ``None``: as diffusers' pipelines do — True for a DDPM scheduler at ``eta = 1``
         (``DDPMPipeline``), False otherwise (``DDIMPipeline``, ``DDIMScheduler.step``)
+    renoise : each step re-noises fully, x_t' = a'·x0_hat + s'·z (``eta`` unused); default: the
+        flow scheduler's ``stochastic_sampling`` (LTX-Video's sampler)
     timestep_grid : ``"scheduler"`` (default): ``process.timesteps(K)`` is the scheduler's own
         ``set_timesteps(K)`` grid plus the clean time, so ancestral sampling reproduces the
         pipeline for the same seed; ``"trailing"``: svdd's evenly spaced grid from T
@@ -419,10 +421,8 @@ def from_diffusers(unet, scheduler, *, vae=None, encoder_hidden_states: Optional
     if timestep_grid not in ("scheduler", "trailing"):
         raise ValueError(f"timestep_grid must be 'scheduler' or 'trailing', got {timestep_grid!r}")
     prediction_type = "flow" if flow else (_config_get(scheduler, "prediction_type", "epsilon") or "epsilon")
-    if flow and _config_get(scheduler, "stochastic_sampling", False):
-        warnings.warn("the scheduler's stochastic_sampling (a full re-noise each step) is not used: svdd's flow "
-                      "kernel is the DDIM-eta posterior (eta=0: the Euler step, eta=1: Gaussian conditioning)",
-                      UserWarning, stacklevel=2)
+    if renoise is None:
+        renoise = bool(flow and _config_get(scheduler, "stochastic_sampling", False))
     variance_type = _config_get(scheduler, "variance_type", None)
     if not flow and variance_type not in (None, "fixed_small") and float(eta) > 0:
         warnings.warn(f"the scheduler's variance_type={variance_type!r} is not used: svdd's steps use the posterior "
@@ -488,7 +488,7 @@ def from_diffusers(unet, scheduler, *, vae=None, encoder_hidden_states: Optional
         denoiser = DiffusersDenoiser(unet, guidance_scale=scale, unet_kwargs=unet_kwargs, cond=cond,
                                      uncond=uncond if scale != 1.0 else None)
     common = dict(vae=vae, decode_batch_size=decode_batch_size, prediction_type=prediction_type, eta=eta,
-                  sample_shape=sample_shape, device=device)
+                  sample_shape=sample_shape, device=device, renoise=bool(renoise))
     if flow:
         N = int(_config_get(scheduler, "num_train_timesteps", 1000) or 1000)
         C, h, w = sample_shape[-3:] if len(sample_shape) >= 3 else (None, None, None)

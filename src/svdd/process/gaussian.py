@@ -15,6 +15,8 @@ with ``ε_hat = (x_t − a_t·x0_hat)/s_t``::
     σ_η = η · s' · sqrt(1 − (a_t·s'/(a'·s_t))²)
     x_t' = a'·x0_hat + sqrt(s'² − σ_η²)·ε_hat + σ_η·z,     z ~ N(0, I)
 
+``renoise=True`` takes σ = s' instead (ε̂ dropped: x_t' = a'·x0_hat + s'·z, the full re-noise of
+diffusers' FlowMatch ``stochastic_sampling``; more noise than η = 1).
 ``η = 1`` is the DDPM posterior q(x_t' | x_t, x0_hat) on any sub-grid (VP: σ² = (1 − ᾱ')/(1 − ᾱ)·
 (1 − ᾱ/ᾱ')); ``η = 0`` is deterministic DDIM, and for a flow exactly the Euler step of diffusers'
 ``FlowMatchEulerDiscreteScheduler``: (1 − σ')(x − σv) + σ'(x + (1 − σ)v) = x + (σ' − σ)·v. At σ = 1
@@ -105,7 +107,7 @@ class GaussianProcess(HasPrecision):
                  sample_shape: Optional[Sequence[int]] = None, device=None, dtype: torch.dtype = torch.float32,
                  model_kwargs: Optional[dict] = None, precision: str = "fp32", use_clipped_model_output: bool = False,
                  thresholding: bool = False, dynamic_thresholding_ratio: float = 0.995, sample_max_value: float = 1.0,
-                 schedule=None, grid: Optional[Callable[[int], Tensor]] = None):
+                 schedule=None, grid: Optional[Callable[[int], Tensor]] = None, renoise: bool = False):
         if prediction_type not in _PREDICTION_TYPES:
             raise ValueError(f"prediction_type must be one of {', '.join(map(repr, _PREDICTION_TYPES))}, "
                              f"got {prediction_type!r}")
@@ -132,6 +134,7 @@ class GaussianProcess(HasPrecision):
         self._grid = grid
         self.prediction_type = prediction_type
         self.eta = float(eta)
+        self.renoise = bool(renoise)
         self.clip_sample = clip_sample
         self.use_clipped_model_output = bool(use_clipped_model_output)
         if thresholding and not (0 < float(dynamic_thresholding_ratio) <= 1 and float(sample_max_value) >= 1):
@@ -252,6 +255,8 @@ class GaussianProcess(HasPrecision):
         eta = self.eta if eta is None else eta
         a_t, s_t = self.schedule(t)
         a_s, s_s = self.schedule(t_next)
+        if self.renoise:      # x_t' = a'·x0_hat + s'·z (diffusers' FlowMatch stochastic_sampling)
+            return a_s, torch.zeros_like(s_s), s_s, a_t, s_t
         if self.is_flow:
             var = eta ** 2 * s_s.pow(2) * (1 - (a_t * s_s / (a_s * s_t).clamp_min(1e-300)).pow(2)).clamp_min(0.0)
         else:   # the same quantity, in diffusers' DDIM form
