@@ -48,6 +48,11 @@ def _sample(folder, out, *extra):
 def test_saved_pipeline_folders_sample(folders, tmp_path, name):
     assert _sample(folders / name, tmp_path / "run") == 0
     process = load_diffusers(folders / name)
+    from svdd.domains.images import DOMAIN
+
+    x0 = torch.zeros(2, 1, 8, 8)
+    metrics = DOMAIN.metrics(x0, DOMAIN.decode(x0), process)
+    assert ("elbo_proxy_bits_per_dim" in metrics) == (name == "ddpm")      # the DDPM bound is VP only
     if name == "flow":
         assert process.prediction_type == "flow" and process.is_flow
         sched = diffusers.FlowMatchEulerDiscreteScheduler(shift=2.0)

@@ -223,7 +223,8 @@ def _metrics(x0: Tensor, decoded, process=None, *, elbo_timesteps: int = 8, user
         counts = torch.bincount(probs.argmax(1), minlength=10)
         out["eval_digit_counts"] = counts.tolist()
         out["eval_confidence_mean"] = float(probs.max(1).values.mean())
-    if process is not None and hasattr(process, "num_train_timesteps") and elbo_timesteps > 0:
+    if process is not None and hasattr(process, "num_train_timesteps") and elbo_timesteps > 0 \
+            and not getattr(process, "is_flow", False):   # the DDPM bound: VP processes only
         elbo = elbo_proxy_bits_per_dim(process, x0, num_timesteps=elbo_timesteps)
         out["elbo_proxy_bits_per_dim"] = float(elbo.mean())
         out["elbo_proxy_timesteps_per_sample"] = elbo_timesteps
