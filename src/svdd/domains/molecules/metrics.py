@@ -147,11 +147,13 @@ def nelbo(process, x0: torch.Tensor, num_t_samples: int = 4, batch_size: int = 2
 
 def molecule_metrics(smiles: Sequence[str], *, x0: Optional[torch.Tensor] = None, process=None,
                      min_fcd: int = 256, max_nelbo: int = 512, novelty_reference: Optional[set] = None,
-                     moses_reference=None) -> dict:
+                     moses_reference=None, min_moses_reference: Optional[int] = None) -> dict:
     """All set metrics for decoded samples (``x0``/``process`` add the NELBO).
 
     ``moses_reference``: the reference set of SNN/Frag/Scaf — a ``moses_metrics.Reference``, a
-    list of SMILES, or None for the MOSES test set."""
+    list of SMILES, or None for the MOSES test set; SNN/Frag/Scaf against the MOSES test set are
+    reported from ``min_moses_reference`` valid molecules on (default ``min_fcd``, like FCD; any
+    size for a reference given here)."""
     n = len(smiles)
     canon = [canonical_smiles(s) for s in smiles]
     valid = [c for c in canon if c]
@@ -164,7 +166,9 @@ def molecule_metrics(smiles: Sequence[str], *, x0: Optional[torch.Tensor] = None
                  "internal_diversity": internal_diversity(valid)}
     from .moses_metrics import moses_metrics
 
-    out.update(moses_metrics(valid, moses_reference))
+    if min_moses_reference is None:
+        min_moses_reference = min_fcd if moses_reference is None else 0
+    out.update(moses_metrics(valid, moses_reference, min_reference=min_moses_reference))
     if len(valid) >= min_fcd:
         try:
             out["fcd_moses_test"] = fcd_to_moses_test(valid)
