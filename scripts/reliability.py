@@ -801,6 +801,14 @@ def probe_tamper(args) -> Probe:
         counter[0] += 1
         dst = base / f"case{counter[0]:03d}" / "run"
         shutil.copytree(clean[backend], dst, symlinks=True)
+        cfg = dst / "config.json"                  # as if the run had been made here (older versions
+        try:                                       # refuse to resume a moved folder: "different out")
+            c = json.loads(cfg.read_text())
+            if isinstance(c, dict) and "out" in c:
+                c["out"] = str(dst)
+                cfg.write_text(json.dumps(c, indent=2) + "\n")
+        except (OSError, ValueError):
+            pass
         return dst
 
     pending: list[tuple] = []
@@ -1480,7 +1488,7 @@ def _targets(data: dict[str, dict]) -> list[tuple[str, str, str]]:
         return all(p in data for p in probes)
 
     def verdict(ok, *probes):
-        missing = [p for p in probes if p not in data]
+        missing = [p for p in probes if not data.get(p, {}).get("tried")]
         return "not run (" + ", ".join(missing) + ")" if missing else ("**met**" if ok else "**missed**")
 
     rows = []
@@ -1666,8 +1674,8 @@ def main(argv=None) -> int:
     m.add_argument("--limit", type=int, default=None)
     k = sub.add_parser("kill")
     k.add_argument("--trials", type=int, default=26)
-    k.add_argument("--samples", type=int, default=24, help="samples per run (one shard each, plus the baseline's)")
-    k.add_argument("--jobs", type=int, default=2, help="trials in parallel")
+    k.add_argument("--samples", type=int, default=16, help="samples per run (one shard each, plus the baseline's)")
+    k.add_argument("--jobs", type=int, default=3, help="trials in parallel")
     k.add_argument("--seed", type=int, default=14)
     t = sub.add_parser("tamper")
     t.add_argument("--jobs", type=int, default=3, help="runs in parallel")
@@ -1682,6 +1690,7 @@ def main(argv=None) -> int:
     r.add_argument("--jobs", type=int, default=3, help="domains in parallel (one worker process each)")
     bf = sub.add_parser("before", help="run every probe on an older revision (git archive) into RESULTS/before")
     bf.add_argument("revision")
+    bf.add_argument("--only", nargs="*", default=None, choices=PROBES, help="just these probes")
     a = sub.add_parser("all")
     a.add_argument("--skip", nargs="*", default=[], choices=PROBES)
     rd = sub.add_parser("render")
@@ -1706,11 +1715,11 @@ def main(argv=None) -> int:
     if args.probe == "rewards" and args.cell:
         return _one_cell(args.cell)
     if args.probe == "before":
-        return _before(args.revision, results / "before")
+        return _before(args.revision, results / "before", args.only)
     runners = {"malformed": probe_malformed, "kill": probe_kill, "tamper": probe_tamper,
                "concurrent": probe_concurrent, "rewards": probe_rewards}
     defaults = {"malformed": dict(timeout=60.0, jobs=3, limit=None),
-                "kill": dict(trials=26, samples=24, seed=14, jobs=2),
+                "kill": dict(trials=26, samples=16, seed=14, jobs=3),
                 "tamper": dict(jobs=3), "concurrent": dict(trials=8, sleep=3.0, seed=14),
                 "rewards": dict(timeout=45.0, domains=None, cell=None, jobs=3)}
     names = [p for p in PROBES if p not in args.skip] if args.probe == "all" else [args.probe]
@@ -1740,7 +1749,7 @@ def main(argv=None) -> int:
     return 0
 
 
-def _before(revision: str, out: Path) -> int:
+def _before(revision: str, out: Path, only: Optional[list] = None) -> int:
     """This script and tests/malformed_corpus.py run against ``git archive REVISION``."""
     tmp = Path(tempfile.mkdtemp(prefix="svdd-rel-before-"))
     archive = subprocess.run(["git", "archive", revision], cwd=ROOT, capture_output=True)
@@ -1750,8 +1759,9 @@ def _before(revision: str, out: Path) -> int:
     subprocess.run(["tar", "-x", "-C", str(tmp)], input=archive.stdout, check=True)
     shutil.copy(Path(__file__).resolve(), tmp / "scripts" / "reliability.py")
     shutil.copy(ROOT / "tests" / "malformed_corpus.py", tmp / "tests" / "malformed_corpus.py")
+    skip = ["--skip", *[p for p in PROBES if p not in only]] if only else []
     rc = subprocess.call([sys.executable, str(tmp / "scripts" / "reliability.py"), "--results", str(out.resolve()),
-                          "all"], cwd=tmp, env={**os.environ, "SVDD_PROBE_REVISION": revision,
+                          "all", *skip], cwd=tmp, env={**os.environ, "SVDD_PROBE_REVISION": revision,
                                                 "SVDD_PROBE_NO_REEXEC": "1"})
     shutil.rmtree(tmp, ignore_errors=True)
     return rc
