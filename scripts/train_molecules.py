@@ -189,6 +189,7 @@ def save_checkpoint(folder: Path, trainer: Trainer, settings: dict) -> Path:
         if len(payload) > 20e6:
             raise RuntimeError(f"checkpoint file {name} would be {len(payload) / 1e6:.1f} MB (> 20 MB)")
         atomic_write(folder / name, payload)
+        os.chmod(folder / name, 0o644)   # mkstemp's 0600 would make a shipped file unreadable to others
         files[kind] = {"file": name, "sha256": _sha256_bytes(payload), "bytes": len(payload)}
     state = {"version": CHECKPOINT_VERSION, "step": trainer.step, "files": files, "history": trainer.history,
              "settings": settings, "saved_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
@@ -229,6 +230,8 @@ def export_ema(trainer: Trainer, folder: Path, tokenizer_json: Path, extra: dict
     atomic_write(folder / "model.safetensors", save(state))
     atomic_write_json(folder / "config.json", config)
     atomic_write(folder / "tokenizer.json", Path(tokenizer_json).read_bytes())
+    for name in ("model.safetensors", "config.json", "tokenizer.json"):
+        os.chmod(folder / name, 0o644)
 
 
 def file_sha256(path: Path) -> str:
