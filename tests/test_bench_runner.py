@@ -52,7 +52,8 @@ def test_budget_matcher_actual_nfe_within_10_percent(tmp_path):
         actual = (r["counters"]["nfe"] + r["counters"].get("value_calls", 0)) / r["num_samples"]
         assert abs(actual / target - 1) <= 0.10, (r["variant"], actual, target)
         assert r["within_budget"] is True
-        assert r["predicted"]["cost_per_sample"] == pytest.approx(r["actual"]["cost_per_sample"], rel=1e-6)
+        if r["knob_source"] == "formula":   # an exact formula predicts the cost; calibrated ones come close
+            assert r["predicted"]["cost_per_sample"] == pytest.approx(r["actual"]["cost_per_sample"], rel=1e-6)
 
 
 def test_calibration_meets_budget_without_a_formula(tmp_path, monkeypatch):
