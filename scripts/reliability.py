@@ -777,6 +777,12 @@ def _snapshot(path: Path) -> Any:
         return None
 
 
+def _shard(folder: Path, label: str, index: int) -> Path:
+    """The file of shard ``index`` whatever its format (.safetensors now, .pt in older versions)."""
+    found = sorted(folder.glob(f"shards/{label}/shard_{index:05d}.*"))
+    return found[0] if found else folder / "shards" / label / f"shard_{index:05d}.safetensors"
+
+
 def probe_tamper(args) -> Probe:
     probe = Probe("tamper", {"run": "toy-masked svdd-pm, 6 samples in shards of 2 (+ baseline), 4 steps",
                              "value": "fit-value toy-masked, 16 rollouts, 5 train steps",
@@ -945,7 +951,8 @@ def probe_tamper(args) -> Probe:
             out.symlink_to(real, target_is_directory=True)
             target = real
         else:
-            src = out / rel
+            m = re.fullmatch(r"shards/(\w+)/shard_(\d+)\.safetensors", rel)
+            src = _shard(out, m.group(1), int(m.group(2))) if m else out / rel
             target = outside_dir / src.name
             if src.exists():
                 shutil.move(str(src), target)
@@ -968,9 +975,9 @@ def probe_tamper(args) -> Probe:
     res = run_svdd(argv_other, timeout=300)
     wrong = sorted(other_rows.glob("shards/method/shard_00000.*")) if res["rc"] == 0 else []
     damages: list[tuple[str, str, Callable[[Path], None], Optional[str]]] = [
-        ("local", "method shard 1 truncated to half", lambda o: truncate(o / "shards/method/shard_00001.safetensors"),
+        ("local", "method shard 1 truncated to half", lambda o: truncate(_shard(o, "method", 1)),
          r"shard|damag|checksum|recomput"),
-        ("local", "baseline shard 0 emptied (0 bytes)", lambda o: (o / "shards/baseline/shard_00000.safetensors")
+        ("local", "baseline shard 0 emptied (0 bytes)", lambda o: (_shard(o, "baseline", 0))
          .write_bytes(b""), r"shard|damag|checksum|recomput"),
         ("local", "config.json truncated", lambda o: truncate(o / "config.json"), r"config|damag|recomput"),
         ("local", "config.json emptied (0 bytes)", lambda o: (o / "config.json").write_bytes(b""),
@@ -983,9 +990,9 @@ def probe_tamper(args) -> Probe:
         ("local", "samples.csv truncated", lambda o: truncate(o / "samples.csv"), None),
         ("local", "a stale temp file of an interrupted write", lambda o: (o / "shards/method/"
          ".shard_00002.safetensors.x1y2.tmp").write_bytes(b"\0" * 100), None),
-        ("process", "method shard 2 truncated to half", lambda o: truncate(o / "shards/method/shard_00002.safetensors"),
+        ("process", "method shard 2 truncated to half", lambda o: truncate(_shard(o, "method", 2)),
          r"shard|damag|checksum|recomput"),
-        ("process", "baseline shard 1 emptied (0 bytes)", lambda o: (o / "shards/baseline/shard_00001.safetensors")
+        ("process", "baseline shard 1 emptied (0 bytes)", lambda o: (_shard(o, "baseline", 1))
          .write_bytes(b""), r"shard|damag|checksum|recomput"),
         ("process", "manifest.json truncated", lambda o: truncate(o / "shards/baseline/manifest.json"),
          r"manifest|damag|recomput"),
@@ -1567,18 +1574,19 @@ def render(results: Path = RESULTS) -> str:
                   "To show that each probe can fail, `python scripts/reliability.py before "
                   f"{rev[0]}` ran this script (and this corpus) against that revision, the parent of the "
                   "issue-14 work; its JSON files are under `benchmarks/results/reliability/before/`.", "",
-                  "| probe | tried then | lost then | lost now | what was lost then (first cases) |",
+                  "| probe | tried then | lost then | lost now | most common losses then |",
                   "|---|---:|---:|---:|---|"]
         for name in PROBES:
             b, d = before.get(name), data.get(name)
             if b is None:
                 continue
             lost = [c for c in b.get("cases", []) if not c.get("survived")]
-            kinds: dict[str, int] = {}
+            kinds: dict[str, list] = {}             # reasons grouped up to numbers and paths
             for c in lost:
-                key = re.sub(r"\d+(\.\d+)?", "N", str(c.get("reason", "")))[:90]
-                kinds[key] = kinds.get(key, 0) + 1
-            top = "; ".join(f"{n}× {_md(k)}" for k, n in sorted(kinds.items(), key=lambda kv: -kv[1])[:3])
+                text = str(c.get("reason", ""))
+                key = re.sub(r"\d+(\.\d+)?|/\S+", "#", text)[:60]
+                kinds.setdefault(key, [0, text])[0] += 1
+            top = "; ".join(f"{n}× {_md(text)[:110]}" for n, text in sorted(kinds.values(), key=lambda v: -v[0])[:3])
             lines.append(f"| {TITLES[name]} | {b['tried']} | {b['lost']} | {d['lost'] if d else '–'} | {top} |")
         lines += ["", "| target | then | verdict then |", "|---|---|---|"]
         lines += [f"| {t} | {m} | {v} |" for t, m, v in _targets(before)]
