@@ -14,6 +14,7 @@ from typing import Optional
 import torch
 
 from .algorithms import ALGORITHMS, AlgorithmError, get_algorithm
+from .pipeline import RewardPipeline
 from .process import GaussianProcess, MaskedProcess, from_diffusers, from_transformers
 from .rewards.base import RewardError, RewardWarning
 from .types import SampleResult, StepInfo
@@ -85,5 +86,5 @@ def from_pipeline(*args, **kwargs):
 
 
 __all__ = ["sample", "ALGORITHMS", "AlgorithmError", "GaussianProcess", "MaskedProcess", "from_diffusers",
-           "from_pipeline", "from_transformers", "RewardError", "RewardWarning", "SampleResult", "StepInfo",
-           "posterior_mean_value", "__version__"]
+           "from_pipeline", "from_transformers", "RewardPipeline", "RewardError", "RewardWarning", "SampleResult",
+           "StepInfo", "posterior_mean_value", "__version__"]
