@@ -20,7 +20,7 @@ transformers = pytest.importorskip("transformers")
 import svdd  # noqa: E402
 from svdd.process.adapters import pack_latents  # noqa: E402
 
-from test_diffusers_parity import SD_SCHEDULER, tiny_flux, tiny_sd_unet, tiny_unet, tiny_vae  # noqa: E402
+from test_diffusers_parity import SD_SCHEDULER, tiny_flux, tiny_sd3, tiny_sd_unet, tiny_unet, tiny_vae  # noqa: E402
 
 TOL = 1e-4
 WORDS = ["<pad>", "<unk>", "a", "cat", "dog", "photo", "of", "red", "blue"]
@@ -95,6 +95,9 @@ def test_latents_are_the_initial_noise(sd):
     other = aligned("a cat", reward=mean_reward, method="ancestral", eta=0.0, num_images_per_prompt=2,
                     latents=-lat, progress=False, **kw)
     assert float((other.images - ref).abs().max()) > 1e-3
+    with pytest.raises(ValueError, match="cannot be used"):     # smc draws num_particles initial states
+        aligned("a cat", reward=mean_reward, method="smc", num_particles=3, num_images_per_prompt=2, latents=lat,
+                progress=False, **kw)
     with pytest.raises(ValueError, match="latents must have shape"):
         aligned("a cat", reward=mean_reward, latents=lat[:1], num_images_per_prompt=2, progress=False, **kw)
 
@@ -118,6 +121,25 @@ def test_flux_ancestral_reproduces_the_pipeline_and_takes_packed_latents():
     packed = pack_latents(torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(1)))
     ref = pipe(**emb, latents=packed, **kw).images
     out = aligned(**emb, reward=mean_reward, method="ancestral", latents=packed, progress=False, **kw)
+    assert float((out.images - ref).abs().max()) <= TOL
+
+
+def test_sd3_ancestral_reproduces_the_pipeline_with_per_prompt_embeddings():
+    """Two different prompts as two rows of prompt_embeds (one image each), one generator."""
+    pipe = diffusers.StableDiffusion3Pipeline(
+        transformer=tiny_sd3(), scheduler=diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0),
+        vae=tiny_vae(shift_factor=0.0609, scaling_factor=1.5035), text_encoder=None, tokenizer=None,
+        text_encoder_2=None, tokenizer_2=None, text_encoder_3=None, tokenizer_3=None)
+    pipe.set_progress_bar_config(disable=True)
+    g = torch.Generator().manual_seed(0)
+    emb = dict(prompt_embeds=torch.randn(2, 7, 32, generator=g), negative_prompt_embeds=torch.randn(2, 7, 32, generator=g),
+               pooled_prompt_embeds=torch.randn(2, 64, generator=g),
+               negative_pooled_prompt_embeds=torch.randn(2, 64, generator=g))
+    kw = dict(num_inference_steps=4, guidance_scale=4.0, height=8, width=8, output_type="pt")
+    ref = pipe(**emb, generator=torch.Generator().manual_seed(5), **kw).images
+    out = svdd.RewardPipeline(pipe, eta=0.0)(**emb, reward=mean_reward, method="ancestral", progress=False,
+                                             generator=torch.Generator().manual_seed(5), **kw)
+    assert out.info["num_runs"] == 2 and out.images.shape == ref.shape == (2, 3, 8, 8)
     assert float((out.images - ref).abs().max()) <= TOL
 
 
