@@ -266,7 +266,7 @@ def cmd_table(args) -> None:
     rows = []
     for p in sorted(Path(args.dir).glob("*-s*.json")):
         r = json.loads(p.read_text())
-        fmt = lambda v, d=3: "—" if v is None else (f"{v:.{d}f}" if isinstance(v, float) else str(v))  # noqa: E731
+        fmt = lambda v, d=3: "—" if v is None or v != v else (f"{v:.{d}f}" if isinstance(v, float) else str(v))  # noqa: E731
         rows.append(f"| {r['name']} | {r['num_steps']} | {fmt(r.get('trained_steps'))} | {r['num_samples']} | "
                     f"{fmt(r['validity'])} | {fmt(r['uniqueness'])} | {fmt(r.get('novelty'))} | "
                     f"{fmt(r.get('aromatic_ring_share'))} | {fmt(r.get('ring_share'))} | "

@@ -167,7 +167,7 @@ def test_new_model_loads_by_name_next_to_the_old_one():
     assert json.loads((NEW_MODEL / "config.json").read_text())["representation"] == "smiles"
     import svdd
 
-    res = svdd.sample(proc, dom.make_reward("qed"), method="ancestral", num_samples=16, num_steps=16,
+    res = svdd.sample(proc, lambda x: torch.zeros(x.shape[0]), method="ancestral", num_samples=16, num_steps=16,
                       generator=torch.Generator().manual_seed(0))
     smiles = dom.decode(res.x0)          # the domain decodes with the model loaded last
     raw = proc.tokenizer.decode(res.x0)
