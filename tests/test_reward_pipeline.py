@@ -75,7 +75,7 @@ def test_sd_ancestral_reproduces_the_pipeline_with_prompt_lists_and_generators(s
     common = dict(num_images_per_prompt=2, guidance_scale=5.0, num_inference_steps=4, output_type="np")
     for generator in (lambda: torch.Generator().manual_seed(3), lambda: gens([5, 6, 7, 8])):
         ref = sd(PROMPTS, generator=generator(), **common).images
-        out = aligned(PROMPTS, reward=mean_reward, method="ancestral", eta=0.0, generator=generator(),
+        out = aligned(PROMPTS, reward=mean_reward, method="ancestral", generator=generator(),
                       progress=False, **common)
         assert out.images.shape == ref.shape == (4, 8, 8, 3)
         diff = float(np.abs(out.images - ref).max())
@@ -89,10 +89,10 @@ def test_latents_are_the_initial_noise(sd):
     lat = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(11))
     kw = dict(guidance_scale=5.0, num_inference_steps=3, output_type="pt")
     ref = sd("a cat", num_images_per_prompt=2, latents=lat, **kw).images
-    out = aligned("a cat", reward=mean_reward, method="ancestral", eta=0.0, num_images_per_prompt=2, latents=lat,
+    out = aligned("a cat", reward=mean_reward, method="ancestral", num_images_per_prompt=2, latents=lat,
                   progress=False, **kw)
     assert float((out.images - ref).abs().max()) <= TOL
-    other = aligned("a cat", reward=mean_reward, method="ancestral", eta=0.0, num_images_per_prompt=2,
+    other = aligned("a cat", reward=mean_reward, method="ancestral", num_images_per_prompt=2,
                     latents=-lat, progress=False, **kw)
     assert float((other.images - ref).abs().max()) > 1e-3
     with pytest.raises(ValueError, match="cannot be used"):     # smc draws num_particles initial states
@@ -113,7 +113,7 @@ def test_flux_ancestral_reproduces_the_pipeline_and_takes_packed_latents():
     g = torch.Generator().manual_seed(0)
     emb = dict(prompt_embeds=torch.randn(1, 9, 32, generator=g), pooled_prompt_embeds=torch.randn(1, 32, generator=g))
     kw = dict(num_inference_steps=4, guidance_scale=3.5, height=8, width=8, num_images_per_prompt=2, output_type="pt")
-    aligned = svdd.RewardPipeline(pipe, eta=0.0)
+    aligned = svdd.RewardPipeline(pipe)
     ref = pipe(**emb, generator=torch.Generator().manual_seed(6), **kw).images
     out = aligned(**emb, reward=mean_reward, method="ancestral", generator=torch.Generator().manual_seed(6),
                   progress=False, **kw)
@@ -161,16 +161,20 @@ def test_sdxl_ancestral_reproduces_the_pipeline():
                negative_pooled_prompt_embeds=torch.randn(1, 12, generator=g))
     kw = dict(num_inference_steps=4, guidance_scale=5.0, height=8, width=8, output_type="pt")
     ref = pipe(**emb, generator=torch.Generator().manual_seed(2), **kw).images
-    out = svdd.RewardPipeline(pipe, eta=0.0)(**emb, reward=mean_reward, method="ancestral", progress=False,
-                                             generator=torch.Generator().manual_seed(2), **kw)
+    out = svdd.RewardPipeline(pipe)(**emb, reward=mean_reward, method="ancestral", progress=False,
+                                    generator=torch.Generator().manual_seed(2), **kw)
     assert float((out.images - ref).abs().max()) <= TOL
 
 
-def test_unconditional_ddpm_pipeline():
+def test_unconditional_ddpm_pipeline_and_from_pretrained(tmp_path):
+    """DDPM (stochastic, eta 1 for ancestral by default) from a saved folder, as the pipeline."""
     pipe = diffusers.DDPMPipeline(unet=tiny_unet(), scheduler=diffusers.DDPMScheduler(num_train_timesteps=100))
     pipe.set_progress_bar_config(disable=True)
     ref = pipe(batch_size=2, generator=torch.Generator().manual_seed(3), num_inference_steps=5, output_type="np").images
-    out = svdd.RewardPipeline(pipe)(reward=mean_reward, method="ancestral", num_images_per_prompt=2,
+    pipe.save_pretrained(tmp_path / "ddpm")
+    aligned = svdd.RewardPipeline.from_pretrained(tmp_path / "ddpm")
+    assert aligned.family == "pixel" and aligned.default_eta("ancestral") == 1.0
+    out = aligned(reward=mean_reward, method="ancestral", num_images_per_prompt=2,
                                     num_inference_steps=5, generator=torch.Generator().manual_seed(3),
                                     output_type="np", progress=False)
     assert float(np.abs(out.images - ref).max()) <= TOL
@@ -273,6 +277,9 @@ def test_reward_sees_unit_pixels_and_any_method_runs(sd, method, options):
 
 def test_svdd_pm_beats_ancestral_on_the_reward(sd):
     aligned = svdd.RewardPipeline(sd)
+    # DDIM: ancestral is the pipeline's eta 0; the other methods get the stochastic eta 1
+    assert aligned.default_eta("ancestral") == 0.0 and aligned.default_eta("svdd-pm") == 1.0
+    assert svdd.RewardPipeline(sd, eta=0.3).default_eta("ancestral") == 0.3
     kw = dict(reward=mean_reward, num_inference_steps=4, output_type="pt", progress=False, num_images_per_prompt=4)
     base = aligned("a cat", method="ancestral", generator=torch.Generator().manual_seed(0), **kw)
     best = aligned("a cat", method="svdd-pm", num_candidates=8, generator=torch.Generator().manual_seed(0), **kw)
@@ -299,12 +306,12 @@ def test_callback_changes_latents_and_interrupts_as_in_diffusers(sd):
     t_ref, t_ours = [], []
     ref = sd(PROMPTS, generator=torch.Generator().manual_seed(0), callback_on_step_end=make(t_ref), **kw).images
     aligned = svdd.RewardPipeline(sd)
-    out = aligned(PROMPTS, reward=mean_reward, method="ancestral", eta=0.0, generator=torch.Generator().manual_seed(0),
+    out = aligned(PROMPTS, reward=mean_reward, method="ancestral", generator=torch.Generator().manual_seed(0),
                   callback_on_step_end=make(t_ours), progress=False, **kw)
     assert t_ours[:3] == t_ref[:3]
     assert out.info["interrupted"] and out.info["interrupted_at_step"] == 2
     assert float((out.images - ref).abs().max()) <= TOL
-    plain = aligned(PROMPTS, reward=mean_reward, method="ancestral", eta=0.0,
+    plain = aligned(PROMPTS, reward=mean_reward, method="ancestral",
                     generator=torch.Generator().manual_seed(0), progress=False, **kw)
     assert float((plain.images - ref).abs().max()) > 1e-3 and not plain.info["interrupted"]
     # a latents change under svdd-pm is seen by the rest of the run

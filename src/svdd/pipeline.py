@@ -128,12 +128,12 @@ class RewardPipeline:
     ``__call__``. Attributes the callback reads (``pipe.scheduler``, ``pipe.vae``, ...) are the
     wrapped pipeline's."""
 
-    def __init__(self, pipe, *, eta: float = 1.0, **process_options):
+    def __init__(self, pipe, *, eta: Optional[float] = None, **process_options):
         from .process.adapters import pipeline_family
 
         self.pipe = pipe
         self.family = pipeline_family(pipe)
-        self.eta = float(eta)
+        self.eta = None if eta is None else float(eta)
         self.process_options = process_options
         self._interrupt = False
         self._num_timesteps = 0
@@ -154,12 +154,35 @@ class RewardPipeline:
     def __repr__(self) -> str:
         return f"RewardPipeline({type(self.pipe).__name__}, family={self.family!r})"
 
+    @classmethod
+    def from_pretrained(cls, folder, *, eta: Optional[float] = None, **kwargs) -> "RewardPipeline":
+        """``DiffusionPipeline.from_pretrained(folder, **kwargs)``, wrapped."""
+        from diffusers import DiffusionPipeline
+
+        return cls(DiffusionPipeline.from_pretrained(folder, **kwargs), eta=eta)
+
+    def to(self, *args, **kwargs) -> "RewardPipeline":
+        """Moves the wrapped pipeline (``pipe.to(...)``); returns this wrapper."""
+        self.pipe.to(*args, **kwargs)
+        return self
+
+    def default_eta(self, method: str) -> float:
+        """The η svdd's steps use when none is given: for ``ancestral``, the pipeline's own sampler
+        (1 for DDPM / ancestral schedulers, else 0: DDIM, Euler, FlowMatch), so it reproduces the
+        pipeline; for every other method 1 (the DDPM-like posterior, whose children differ)."""
+        if self.eta is not None:
+            return self.eta
+        if method != "ancestral":
+            return 1.0
+        name = type(getattr(self.pipe, "scheduler", None)).__name__
+        return 1.0 if name.startswith("DDPM") or "Ancestral" in name else 0.0
+
     # -- building blocks ----------------------------------------------------------------------
     def process(self, prompt=None, **kwargs):
         """The svdd process for one prompt (``svdd.from_pipeline`` with this wrapper's options)."""
         from .process.adapters import from_pipeline
 
-        opts = {"eta": self.eta, **self.process_options, **{k: v for k, v in kwargs.items() if v is not None}}
+        opts = {"eta": self.default_eta("svdd-pm"), **self.process_options, **{k: v for k, v in kwargs.items() if v is not None}}
         return from_pipeline(self.pipe, prompt, **opts)
 
     def __call__(self, prompt: Union[str, Sequence[str], None] = None, *, reward: Callable[[Tensor], Tensor],
@@ -182,13 +205,13 @@ class RewardPipeline:
             reward: ``reward(images) -> Tensor (B,)`` on decoded pixels ``(B, C, H, W)`` in
                 ``[0, 1]``; any svdd reward (set ``differentiable = True`` for dps / das / dno).
             method: any name in ``svdd.ALGORITHMS``; ``"ancestral"`` is the pipeline's own
-                sampler (with ``eta=0.0`` on DDIM / flow schedulers it reproduces the pipeline's
-                output for the same generator).
+                sampler, which reproduces the pipeline's output for the same generator.
             num_images_per_prompt, negative_prompt, guidance_scale, num_inference_steps, height,
             width, prompt_embeds, negative_prompt_embeds, pooled_prompt_embeds,
             negative_pooled_prompt_embeds, true_cfg_scale (Flux): as in diffusers.
-            eta: the DDIM-η of svdd's steps (default: this wrapper's, 1.0 — stochastic steps,
-                which SVDD's candidates need).
+            eta: the DDIM-η of svdd's steps (default: the wrapper's ``eta=``, else
+                ``default_eta(method)``: the pipeline's own for ancestral, 1 otherwise — the
+                stochastic steps SVDD's candidates need).
             generator: one ``torch.Generator`` (all images drawn from it, in order) or a list of
                 one per image (image ``i`` depends only on ``generator[i]``).
             latents: the initial noise ``(B, C, H, W)`` (Flux: packed latents also accepted).
@@ -236,6 +259,7 @@ class RewardPipeline:
             ("prompt_embeds", prompt_embeds), ("negative_prompt_embeds", negative_prompt_embeds),
             ("pooled_prompt_embeds", pooled_prompt_embeds),
             ("negative_pooled_prompt_embeds", negative_pooled_prompt_embeds))}
+        eta = self.default_eta(method) if eta is None else float(eta)
         options = dict(guidance_scale=guidance_scale, height=height, width=width, eta=eta,
                        true_cfg_scale=true_cfg_scale)
         processes = [self.process(prompts[p], negative_prompt=negatives[p],
