@@ -40,7 +40,7 @@ def _section(suite: str, title: str, stat: str) -> list[str]:
     rows = _load(suite)
     cells = defaultdict(list)
     for r in rows:
-        cells[(r["budget"]["nfe"], r["method"])].append(r)
+        cells[(r["budget"]["nfe"], r.get("variant") or r["method"])].append(r)
     ref = rows[0].get("reference") or {}
     best = None
     if suite.endswith("masked"):

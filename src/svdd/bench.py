@@ -168,11 +168,11 @@ def _paths_cost(k, K, params, kind):
 def _dts_cost(k, K, params, kind):
     # an upper bound (every rollout from the root: k·K per tree), a starting point for calibration
     n = params.get("num_samples", 1)
-    trees = params.get("num_trees") or (n if params.get("greedy") else 1)
+    trees = params.get("num_trees") or 1
     return _cost(k * K * trees / n, k * trees / n, exact=False)
 
 
-COST_MODELS.update({"dts": _dts_cost, "dts-star": lambda k, K, p, kind: _dts_cost(k, K, {**p, "greedy": True}, kind),
+COST_MODELS.update({"dts": _dts_cost, "dts-star": _dts_cost,
                     "treeg": _treeg_cost, "noise-trajectory-search": _noise_trajectory_cost,
                     "iterative-refinement": _refinement_cost, "search-over-paths": _paths_cost})
 

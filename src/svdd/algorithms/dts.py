@@ -17,7 +17,10 @@ Notation (code → paper):
 One rollout (numbered as in ``_rollouts``):
   1. Select: from the root, while the node has ``max_children`` children, move to a child drawn
      ∝ exp(v̂(c)/α) (``dts``) or to argmax v̂(c) (``dts-star``); children whose subtree is
-     exhausted (every node full down to clean leaves) are skipped.
+     exhausted (every node full down to clean leaves) are skipped. A batch of
+     ``rollouts_per_batch`` descents per tree is selected against the same values; greedy descents
+     all follow the one best path, so in ``dts-star`` a batch fills the free child slots of the
+     first open node on it at once (the descents that find no slot are dropped, not counted).
   2. Expand: draw one new child from the pretrained kernel p_pre(·|x) (the node's x̂0 is cached,
      so this costs no denoiser call).
   3. Roll out with p_pre to x0, adding every state to the tree (one denoiser call per new
@@ -35,7 +38,8 @@ without expansion, down to a clean leaf): a child is drawn ∝ N(c)·exp(v̂(c)/
 ∝ exp(v̂(c)/α)), so the products telescope and a descent ends at leaf ℓ with probability
 exp(r(ℓ)/α)/Σ_leaves exp(r/α) (``mean``: exp(r(ℓ)/α)·Π_{ancestors a} n_a⁻¹ / exp(v̂(root)/α));
 ``DTSState.descent_probabilities`` computes that law exactly. ``dts-star`` returns the best
-leaves (one tree per sample by default).
+leaves of the tree (global top-``num_samples``, like best-of-n's global top-k; ``num_trees =
+num_samples`` runs one independent search per sample instead).
 
 **Bias by construction.** Neither backup is exact at a finite tree. The leaves come from an
 adaptive proposal (expansion goes preferentially to high-value subtrees), and the descent law is a
@@ -431,7 +435,7 @@ def tree_search(process, reward_fn, *, num_samples, num_steps, num_rollouts, max
                                  f"not {alpha}")
         tree = tree.clone()
     else:
-        T = num_trees if num_trees is not None else (num_samples if greedy else 1)
+        T = 1 if num_trees is None else num_trees
         check_positive_int("num_trees", T)
         tree = _new_tree(run, proc.kind, num_steps, max_children, alpha, T, ts, generator)
         tree.metadata["backup"] = backup
@@ -505,10 +509,10 @@ def dts(process, reward_fn, *, num_samples, num_steps, num_rollouts=64, max_chil
 
 
 @register("dts-star", budget_knob="num_rollouts")
-def dts_star(process, reward_fn, *, num_samples, num_steps, num_rollouts=16, max_children=4, alpha=0.0,
+def dts_star(process, reward_fn, *, num_samples, num_steps, num_rollouts=64, max_children=4, alpha=0.0,
              num_trees=None, rollouts_per_batch=None, tree=None, save_tree=None, generator=None, callback=None,
              max_batch_size=None):
-    """Diffusion Tree Search: greedy selection, the best leaf of each tree (one tree per sample)."""
+    """Diffusion Tree Search: greedy selection; the best leaves of the tree (num_trees=num_samples: one per sample)."""
     return tree_search(process, reward_fn, num_samples=num_samples, num_steps=num_steps, num_rollouts=num_rollouts,
                        max_children=max_children, alpha=alpha, greedy=True, num_trees=num_trees,
                        rollouts_per_batch=rollouts_per_batch, tree=tree, generator=generator, callback=callback,
