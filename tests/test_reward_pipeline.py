@@ -330,3 +330,24 @@ def test_progress_bar_on_and_off(sd, capsys):
     assert "2/2" not in capsys.readouterr().err
     aligned("a cat", progress=True, **kw)
     assert "2/2" in capsys.readouterr().err
+
+
+def test_reward_range_for_svdd_image_rewards_and_invalid_rewards(sd):
+    """svdd.domains.images rewards take [-1, 1] pixels (reward_range=(-1, 1)); a svdd Reward's
+    failures stay failures (scored its invalid_value, warned once)."""
+    from svdd.domains.images.rewards import Brightness
+    from svdd.rewards.base import as_reward
+
+    aligned = svdd.RewardPipeline(sd)
+    kw = dict(method="ancestral", num_inference_steps=2, num_images_per_prompt=2, output_type="pt", progress=False,
+              generator=torch.Generator().manual_seed(0))
+    out = aligned("a cat", reward=Brightness(), reward_range=(-1, 1), **kw)
+    assert torch.allclose(out.rewards, out.images.flatten(1).mean(1), atol=1e-5)
+    unit = aligned("a cat", reward=Brightness(), **kw)     # fed [0, 1]: (x + 1)/2 of it, a different number
+    assert float((unit.rewards - out.rewards).abs().min()) > 0.1
+    failing = as_reward(lambda x: torch.full((x.shape[0],), float("nan")), invalid_value=-5.0)
+    with pytest.warns(svdd.RewardWarning):
+        bad = aligned("a cat", reward=failing, **kw)
+    assert torch.equal(bad.rewards, torch.full((2,), -5.0))
+    with pytest.raises(ValueError, match="reward_range"):
+        aligned("a cat", reward=Brightness(), reward_range=(0, 255), **kw)

@@ -84,11 +84,20 @@ def to_pil(images: Tensor) -> list:
     return [Image.fromarray(a) for a in arr]
 
 
-def pixel_reward(reward: Callable[[Tensor], Tensor], process) -> Callable[[Tensor], Tensor]:
-    """``reward`` on [0, 1] pixels as a reward on the process's samples (decodes latents)."""
+def pixel_reward(reward: Callable[[Tensor], Tensor], process, reward_range=(0, 1)) -> Callable[[Tensor], Tensor]:
+    """``reward`` on decoded pixels in ``reward_range`` — ``(0, 1)`` (diffusers' images) or
+    ``(-1, 1)`` (the VAE's range, what ``svdd.domains.images`` rewards take) — as a reward on the
+    process's samples. A ``svdd`` ``Reward``'s invalid rows stay invalid (NaN to the caller)."""
+    unit = tuple(reward_range) == (0, 1)
 
     def fn(x0: Tensor) -> Tensor:
-        return reward(to_unit(process.decode(x0)))
+        pix = process.decode(x0)
+        pix = to_unit(pix) if unit else pix.clamp(-1, 1)
+        if hasattr(reward, "evaluate"):                   # svdd.rewards Reward / WeightedSum
+            values, valid = reward.evaluate(pix)
+            values = torch.as_tensor(values).float()
+            return torch.where(valid.to(values.device), values, torch.full_like(values, float("nan")))
+        return reward(pix)
 
     fn.differentiable = bool(getattr(reward, "differentiable", False))
     fn.name = getattr(reward, "name", getattr(reward, "__name__", "reward"))
@@ -195,8 +204,8 @@ class RewardPipeline:
                  negative_pooled_prompt_embeds: Optional[Tensor] = None, true_cfg_scale: Optional[float] = None,
                  output_type: str = "pil", return_dict: bool = True,
                  callback_on_step_end: Optional[Callable] = None,
-                 callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",), progress: bool = True,
-                 **method_options):
+                 callback_on_step_end_tensor_inputs: Optional[Sequence[str]] = None, progress: bool = True,
+                 reward_range: tuple = (0, 1), **method_options):
         """Sample ``num_images_per_prompt`` images per prompt with ``method``, tilted toward ``reward``.
 
         Args:
@@ -204,6 +213,8 @@ class RewardPipeline:
                 ``prompt_embeds``, one row per prompt).
             reward: ``reward(images) -> Tensor (B,)`` on decoded pixels ``(B, C, H, W)`` in
                 ``[0, 1]``; any svdd reward (set ``differentiable = True`` for dps / das / dno).
+            reward_range: ``(0, 1)`` (default) or ``(-1, 1)``: the pixel range the reward gets
+                (``svdd.domains.images`` rewards, e.g. compressibility, take ``(-1, 1)``).
             method: any name in ``svdd.ALGORITHMS``; ``"ancestral"`` is the pipeline's own
                 sampler, which reproduces the pipeline's output for the same generator.
             num_images_per_prompt, negative_prompt, guidance_scale, num_inference_steps, height,
@@ -230,11 +241,16 @@ class RewardPipeline:
         """
         import svdd
         from .process.adapters import unpack_latents
+        from .rewards.base import as_reward
 
         if output_type not in ("pil", "np", "pt", "latent"):
             raise ValueError(f"output_type must be 'pil', 'np', 'pt' or 'latent', got {output_type!r}")
         if not callable(reward):
             raise ValueError("reward= must be a callable images (B, C, H, W) in [0, 1] -> Tensor (B,)")
+        if tuple(reward_range) not in ((0, 1), (-1, 1)):
+            raise ValueError(f"reward_range must be (0, 1) or (-1, 1), got {reward_range!r}")
+        if callback_on_step_end_tensor_inputs is None:     # diffusers' PipelineCallback objects carry their own
+            callback_on_step_end_tensor_inputs = getattr(callback_on_step_end, "tensor_inputs", None) or ["latents"]
         bad = [k for k in callback_on_step_end_tensor_inputs if k not in _TENSOR_INPUTS]
         if bad:
             raise ValueError(f"callback_on_step_end_tensor_inputs may hold {', '.join(_TENSOR_INPUTS)}; got {bad}")
@@ -335,7 +351,7 @@ class RewardPipeline:
                 size = len(rows)
                 group_latents = latents[rows] if latents is not None else None
                 self._set_prior(process, group_latents)
-                r = pixel_reward(reward, process)
+                r = pixel_reward(reward, process, reward_range)
                 ts = process.timesteps(steps)
                 state["changed_final"] = False
                 try:
@@ -344,11 +360,11 @@ class RewardPipeline:
                     x0, rw, info = res.x0, res.rewards, dict(res.info)
                     if state["changed_final"]:
                         with torch.no_grad():
-                            rw = torch.as_tensor(r(x0)).float()
+                            rw = torch.as_tensor(as_reward(r)(x0)).float()
                 except _Stop as stop:
                     x0 = stop.x.detach()[:size].clone()
                     with torch.no_grad():
-                        rw = torch.as_tensor(r(x0)).float()
+                        rw = torch.as_tensor(as_reward(r)(x0)).float()
                     info = {"interrupted_at_step": stop.step}
                 finally:
                     used = self._restore_prior(process)
