@@ -816,6 +816,10 @@ class _Context:
         check_model_options(self.domain, self.model, suite.get("model_options"))
         self.process = self.domain.load_process(self.model, device=device, **(suite.get("model_options") or {}))
         self.kind = self.process.kind
+        # run-time data (MOSES, receptors) fetched before any cell samples, as `svdd sample` does
+        for reward_name in list(suite["rewards"]) + [e for e in (suite.get("eval_rewards") or [])
+                                                    if isinstance(e, str)]:
+            self.domain.prepare_data(reward_name, dict(suite.get("reward_options") or {}))
         from .checks import InputError, check_fits, sample_nbytes
 
         nbytes = sample_nbytes(self.process)

@@ -734,6 +734,9 @@ def _sample_in_folder(args, spec, out: Path) -> int:
         summary["reward_failures"] = failures
         if baseline and _reward_failures(baseline["counters"], args.num_samples):
             summary["baseline"]["reward_failures"] = _reward_failures(baseline["counters"], args.num_samples)
+    pool = getattr(reward, "fn", None)
+    if args.reward_workers and callable(getattr(pool, "counters", None)):
+        summary["reward_pool"] = pool.counters()   # worker deaths, restarts, retries, timeouts
     atomic_write_json(out / "summary.json", summary, root=out, default=str)
     if show:
         _print_table(summary)
