@@ -311,7 +311,7 @@ SETTINGS = {
     "dsearch": dict(num_candidates=4),
     "dsearch-r": dict(num_candidates=4),
     "treeg": dict(branch_factor=4),
-    "noise-trajectory-search": dict(num_rounds=1, num_candidates=4),
+    "noise-trajectory-search": dict(num_candidates=4),
     "iterative-refinement": dict(num_iterations=2, num_candidates=4),
     "search-over-paths": dict(num_candidates=4),
 }
@@ -358,7 +358,7 @@ ARGMAX_BEHIND = {"treeg", "search-over-paths", "iterative-refinement"}
 ARGMAX = {
     "dsearch-r": dict(num_candidates=16),
     "dsearch": dict(num_candidates=8, oversample=4),
-    "noise-trajectory-search": dict(num_rounds=8, num_candidates=4),
+    "noise-trajectory-search": dict(num_candidates=32),
     "treeg": dict(branch_factor=8, active_size=16),
     "search-over-paths": dict(num_candidates=16),
     "iterative-refinement": dict(num_iterations=8, num_candidates=4),

@@ -142,7 +142,7 @@ def _treeg_cost(k, K, params, kind):
 
 
 def _noise_trajectory_cost(k, K, params, kind):
-    per = k * params.get("num_candidates", 4)
+    per = k
     return _cost(1 + (K - 1) * per, (K - 1) * per + (1 if kind == "gaussian" else per))
 
 

@@ -10,22 +10,24 @@ scores at the current t, which looks like a bug).
 
 Per step and sample:
   1. draw a fresh pivot z* ~ N(0, I) (pivots are not carried across steps);
-  2. repeat ``num_rounds`` times: build ``num_candidates`` candidates, each with probability ε
+  2. repeat for ⌈num_candidates / candidates_per_round⌉ rounds: build ``candidates_per_round``
+     candidates (the last round takes what is left), each with probability ε
      fresh noise (explore) and otherwise z* + c·λ·√d·u (exploit), u a random unit vector and
      c ~ U[0, 1) — drawn from ``generator`` (the reference seeds c with Python ``hash()``);
      take the step with each, score it, and move the pivot to the best noise seen so far;
   3. take the step with the pivot.
 
-Notation (code → paper): ``num_rounds`` K, ``num_candidates`` N, ``epsilon`` ε, ``step_size`` λ,
+Notation (code → paper): ``num_candidates`` K·N (the evaluations per step), ``candidates_per_round``
+N (so K = ⌈num_candidates/N⌉ rounds), ``epsilon`` ε, ``step_size`` λ,
 ``d`` the noise dimension. ε = 0 is the paper's zero-order local search (the reference runs
 ε = 0.4 under both names unless ``--eps 0`` is passed; here the name is the method and
 ``epsilon`` is honoured). No norm constraint, as the paper.
 
 Cost: the step's denoiser call on x_t is shared by all candidates; each candidate's look-ahead is
 one denoiser call, and the pivot's is reused as the next step's: nfe per sample =
-1 + (K_steps − 1)·rounds·N on Gaussian processes (their last step to t = 0 is deterministic, so it
+1 + (K_steps − 1)·num_candidates on Gaussian processes (their last step to t = 0 is deterministic, so it
 is not searched); masked processes also search the last step, scored by the reward. Budget knob
-``num_rounds``.
+``num_candidates``.
 """
 
 from __future__ import annotations
@@ -46,19 +48,19 @@ def _step(proc, trans, z: Tensor) -> Tensor:
     return trans.sample(noise=torch.special.ndtr(z.to(torch.float64)).clamp(1e-300, 1.0))
 
 
-@register("noise-trajectory-search", budget_knob="num_rounds")
-def noise_trajectory_search(process, reward_fn, *, num_samples, num_steps, num_rounds=2, num_candidates=4,
+@register("noise-trajectory-search", budget_knob="num_candidates")
+def noise_trajectory_search(process, reward_fn, *, num_samples, num_steps, num_candidates=8, candidates_per_round=4,
                             epsilon=0.4, step_size=0.15, generator=None, callback=None, max_batch_size=None):
     """ε-greedy search over each step's injected noise, scored by the x̂0 reward at t_next."""
     check_common(process, num_samples, num_steps, spec_name="noise-trajectory-search")
-    check_positive_int("num_rounds", num_rounds)
     check_positive_int("num_candidates", num_candidates)
+    check_positive_int("candidates_per_round", candidates_per_round)
     if not 0.0 <= float(epsilon) <= 1.0:
         raise AlgorithmError(f"epsilon must be in [0, 1], got {epsilon!r}")
     if not float(step_size) >= 0:
         raise AlgorithmError(f"step_size must be >= 0, got {step_size!r}")
     run = Run(process, reward_fn, max_batch_size=max_batch_size, callback=callback)
-    proc, B, N = run.process, num_samples, num_candidates
+    proc, B = run.process, num_samples
     torch.set_grad_enabled(False)
     ts = proc.timesteps(num_steps)
     x = proc.prior(B, generator)
@@ -88,7 +90,8 @@ def noise_trajectory_search(process, reward_fn, *, num_samples, num_steps, num_r
         pivot = randn(B, d)
         best_s = torch.full((B,), -math.inf, device=dev)
         best_x = best_x0 = best_v = best_ok = None
-        for _ in range(num_rounds):
+        for start in range(0, num_candidates, candidates_per_round):
+            N = min(candidates_per_round, num_candidates - start)
             # 2. N candidates: fresh noise with probability ε, else a random move around the pivot
             u = randn(B, N, d)
             u = u / u.norm(dim=-1, keepdim=True).clamp_min(1e-12)
@@ -116,7 +119,8 @@ def noise_trajectory_search(process, reward_fn, *, num_samples, num_steps, num_r
         x, x0_hat, v, ok = best_x, best_x0, best_v, best_ok
         run.record(value_mean=v.float().mean())
         run.step_done(k, t, t_next, x, x0_hat, values=v)
-    return run.result(x, v.float(), None, num_rounds=num_rounds, num_candidates=N, epsilon=float(epsilon),
+    return run.result(x, v.float(), None, num_candidates=num_candidates, candidates_per_round=candidates_per_round,
+                      rounds=-(-num_candidates // candidates_per_round), epsilon=float(epsilon),
                       step_size=float(step_size))
 
 
