@@ -450,6 +450,7 @@ class Probe:
         self.cases: list[dict] = []
         self.counts: dict[str, int] = {}
         self.notes: list[str] = []
+        self.code: Optional[str] = None
         self.started = time.time()
 
     def bump(self, key: str, n: int = 1) -> None:
@@ -471,7 +472,7 @@ class Probe:
         survived = sum(c["survived"] for c in self.cases)
         data = {"probe": self.name, "title": TITLES[self.name], "tried": tried, "survived": survived,
                 "lost": tried - survived, "counts": dict(sorted(self.counts.items())), "sizes": self.sizes,
-                "seed": self.seed, "notes": self.notes, "git_revision": _git_revision(),
+                "seed": self.seed, "notes": self.notes, "code": self.code, "git_revision": _git_revision(),
                 "finished_utc": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                 "wall_s": round(time.time() - self.started, 1), "python": platform.python_version(),
                 "torch": torch.__version__, "host_cpu_count": os.cpu_count(),
@@ -1153,7 +1154,7 @@ def probe_concurrent(args) -> Probe:
                   if why else "", exit_codes=[r["rc"] for r in results], starts_s=starts)
         if not args.keep:
             shutil.rmtree(out, ignore_errors=True)
-    probe.notes.append("SLOW_WRAPPER.py: " + " / ".join(SLOW_WRAPPER.strip().splitlines()))
+    probe.code = SLOW_WRAPPER
     if not args.keep:
         shutil.rmtree(base, ignore_errors=True)
     return probe
@@ -1626,6 +1627,11 @@ def render(results: Path = RESULTS) -> str:
             lines += ["Counts: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in counts.items()) + ".", ""]
         if name == "rewards":
             lines += _rewards_matrix(d)
+        if name == "kill":
+            lines += _kill_moments(d)
+        if d.get("code"):
+            lines += ["The runs start through this wrapper (`SLOW_WRAPPER.py`):", "", "```python",
+                      d["code"].rstrip(), "```", ""]
         lost = [cse for cse in d.get("cases", []) if not cse.get("survived")]
         if lost:
             shown = lost[:40]
@@ -1640,6 +1646,25 @@ def render(results: Path = RESULTS) -> str:
         if notes:
             lines += ["Notes:", ""] + [f"- {_md(n)[:400]}" for n in notes[:20]] + [""]
     return "\n".join(lines)
+
+
+def _kill_moments(d: dict) -> list[str]:
+    """Where the kills landed: before any shard file existed, amid the shard writes, or after the
+    last shard (while the outputs were written)."""
+    early = amid = late = 0
+    for c in d.get("cases", []):
+        total = c.get("shards_total")
+        for n in c.get("shards_at_kill") or []:
+            if n == 0:
+                early += 1
+            elif total and n >= total:
+                late += 1
+            else:
+                amid += 1
+    if not early + amid + late:
+        return []
+    return [f"Where the {early + amid + late} kills landed: {early} before any shard file existed (start-up, model "
+            f"load), {amid} amid the shard writes, {late} after the last shard (summary, CSV, figure).", ""]
 
 
 def _rewards_matrix(d: dict) -> list[str]:
