@@ -112,3 +112,9 @@ def test_committed_page_is_up_to_date(rel):
     if not any(results.glob("*.json")) or not page.exists():
         pytest.skip("no committed reliability results yet")
     assert page.read_text() == rel.render(results), "run `python scripts/reliability.py render`"
+
+
+def test_kill_moments_classify_each_kill(rel):
+    d = {"cases": [{"shards_total": 32, "shards_at_kill": [0, 0, 7]}, {"shards_total": 32, "shards_at_kill": [32]}]}
+    (line, _) = rel._kill_moments(d)
+    assert "4 kills landed: 2 before any shard" in line and "1 amid the shard writes, 1 after the last shard" in line
