@@ -11,6 +11,14 @@ score defined here, so RDKit is not timed), at ``B`` final samples and ``M`` can
     throughput ``B·M``/s and nfe/s; once as the library runs it (identical children deduplicated,
     counted once in nfe) and once with ``deduplicate=False`` (every call has the B·M rows of (a)).
 
+Flow transformers (issue 15): ``sd3`` (``SD3Transformer2DModel``) and ``flux``
+(``FluxTransformer2DModel``, packed latents) of a small random config, through
+``svdd.from_diffusers(model, FlowMatchEulerDiscreteScheduler(...))`` with prompt embeddings and
+no VAE (the reward reads the latents: their mean, so the denoiser dominates), eta = 1. For them
+(a) is ``predict_x0`` on ``B·M`` N(0, I) latents at σ = 0.5, (b) and (c) as above (a Gaussian
+kernel's children always differ, so dedup changes nothing). ``--flow-size`` scales the tiny
+config up (``small``: CPU; ``large``: a GPU check; neither is SD3- or Flux-sized).
+
 Reported: SVDD-PM candidate throughput ÷ ancestral throughput (issue 6 target ≥ 0.9) and
 SVDD-PM nfe/s ÷ raw forward rows/s (issue 8 target ≥ 0.85 with a cheap reward). Repeats are
 interleaved across (a), (b), (c) so a noisy shared machine slows all three alike; medians are
@@ -40,6 +48,10 @@ from svdd.domains import get_domain
 from reward_throughput import cpu_model  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 DOMAINS = ("dna", "molecules")
+FLOWS = ("sd3", "flux")
+# random flow transformers: (layers, heads, head dim, latent side); "large" only makes sense on a GPU
+FLOW_SIZES = {"small": (1, 2, 16, 16), "large": (8, 8, 64, 64)}
+FLOW_CLASSES = {"sd3": "SD3Transformer2DModel", "flux": "FluxTransformer2DModel"}
 
 
 def device_name(device: str) -> str:
@@ -59,7 +71,54 @@ class TokenCountReward:
         return (x0 == 1).float().mean(-1) - 0.5 * (x0 == 2).float().mean(-1)
 
 
-def load(domain: str, device: str, precision: str):
+class LatentMean:
+    """Cheap latent reward for the flow cases: the mean latent value per sample."""
+
+    name = "latent-mean"
+
+    def __call__(self, x0: torch.Tensor) -> torch.Tensor:
+        return x0.float().flatten(1).mean(-1)
+
+
+def load_flow(name: str, device: str, precision: str, size: str = "small"):
+    """A random SD3 / Flux transformer + FlowMatch scheduler as an svdd process (eta = 1)."""
+    import diffusers
+
+    layers, heads, head_dim, side = FLOW_SIZES[size]
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    if name == "sd3":
+        model = diffusers.SD3Transformer2DModel(
+            sample_size=side, patch_size=2, in_channels=4, num_layers=layers, attention_head_dim=head_dim,
+            num_attention_heads=heads, caption_projection_dim=heads * head_dim, joint_attention_dim=64,
+            pooled_projection_dim=64, out_channels=4).eval()
+        scheduler = diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0)
+        extra = {"encoder_hidden_states": torch.randn(1, 8, 64, generator=g),
+                 "pooled_projections": torch.randn(1, 64, generator=g)}
+        shape = None
+    else:
+        model = diffusers.FluxTransformer2DModel(
+            patch_size=1, in_channels=4 * 4, num_layers=layers, num_single_layers=layers,
+            attention_head_dim=head_dim, num_attention_heads=heads, joint_attention_dim=64,
+            pooled_projection_dim=64, axes_dims_rope=[head_dim // 4, head_dim // 4, head_dim // 2],
+            guidance_embeds=True).eval()
+        scheduler = diffusers.FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True)
+        extra = {"encoder_hidden_states": torch.randn(1, 8, 64, generator=g),
+                 "pooled_projections": torch.randn(1, 64, generator=g), "guidance_scale": 3.5}
+        shape = (4, side, side)
+    model = model.to(device)
+    process = svdd.from_diffusers(model, scheduler, device=device, eta=1.0,
+                                  **({"sample_shape": shape} if shape else {}), **extra)
+    if precision != "fp32":
+        from svdd.accelerator import set_precision
+
+        set_precision(process, precision)
+    return process, LatentMean()
+
+
+def load(domain: str, device: str, precision: str, flow_size: str = "small"):
+    if domain in FLOWS:
+        return load_flow(domain, device, precision, flow_size)
     process = get_domain(domain).load_process(device=device, precision=precision)
     reward = get_domain("dna").make_reward("gc") if domain == "dna" else TokenCountReward()
     return process, reward
@@ -88,8 +147,13 @@ def timed(fn: Callable[[], object], device: str) -> tuple[float, object]:
 def measurements(process, reward, args) -> dict[str, Callable[[], dict]]:
     """The timed measurements; each returns the counts its throughput is made of."""
     B, M, K = args.batch_size, args.num_candidates, args.num_steps
-    x = half_masked(process, B * M)
-    t = torch.tensor(0.5, dtype=torch.float64, device=process.device)
+    if getattr(process, "kind", None) == "gaussian":   # flow: N(0, I) latents at σ = 0.5
+        x = process.prior(B * M, generator=torch.Generator(device=process.device).manual_seed(0)) \
+            if hasattr(process, "prior") else torch.randn(B * M, *process.sample_shape, device=process.device)
+        t = torch.tensor(0.5 * process.num_train_timesteps, dtype=torch.float64, device=process.device)
+    else:
+        x = half_masked(process, B * M)
+        t = torch.tensor(0.5, dtype=torch.float64, device=process.device)
 
     def generator():
         return torch.Generator(device=process.device).manual_seed(args.seed)
@@ -124,7 +188,7 @@ def measurements(process, reward, args) -> dict[str, Callable[[], dict]]:
 
 
 def run_domain(domain: str, args) -> dict:
-    process, reward = load(domain, args.device, args.precision)
+    process, reward = load(domain, args.device, args.precision, getattr(args, "flow_size", "small"))
     tasks = measurements(process, reward, args)
     for fn in tasks.values():          # warm-up: allocator, kernels, autocast caches
         fn()
@@ -140,8 +204,11 @@ def run_domain(domain: str, args) -> dict:
     raw_rows_s = counts["raw_forward"]["rows"] / med["raw_forward"]
     anc = counts["ancestral"]
     result = {
-        "model": get_domain(domain).default_model, "reward": getattr(reward, "name", type(reward).__name__),
-        "seq_len": process.seq_len, "vocab_size": process.vocab_size,
+        "model": (f"random {FLOW_CLASSES[domain]} ({args.flow_size})" if domain in FLOWS
+                  else get_domain(domain).default_model),
+        "reward": getattr(reward, "name", type(reward).__name__),
+        **({"sample_shape": list(process.sample_shape)} if domain in FLOWS
+           else {"seq_len": process.seq_len, "vocab_size": process.vocab_size}),
         "parameters": sum(p.numel() for p in process.model.parameters()),
         "raw_forward": {"rows_per_call": args.batch_size * args.num_candidates, "calls": args.forward_calls,
                         "median_s": med["raw_forward"], "rows_per_s": raw_rows_s},
@@ -170,7 +237,9 @@ def parse_max_batch_size(text: str | None):
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--device", default="cpu", help="cpu or cuda (cuda:N)")
-    p.add_argument("--domains", nargs="+", default=list(DOMAINS), choices=DOMAINS)
+    p.add_argument("--domains", nargs="+", default=list(DOMAINS), choices=DOMAINS + FLOWS,
+                   help="masked domains and/or the flow transformers sd3, flux")
+    p.add_argument("--flow-size", default="small", choices=sorted(FLOW_SIZES), help="random flow transformer size")
     p.add_argument("--batch-size", type=int, default=16, help="B: final samples of SVDD-PM")
     p.add_argument("--num-candidates", type=int, default=10, help="M")
     p.add_argument("--num-steps", type=int, default=16, help="K (small on the CPU)")

@@ -8,6 +8,10 @@ scikit-learn's digits upscaled to 16×16, pixels in [-1, 1]. It is a normal diff
 saved diffusers pipeline or UNet folder loads with ``load_diffusers(path)`` (CLI
 ``--diffusers PATH``).
 
+Model ``digits-flow``: the same ``UNet2DModel`` trained as a rectified flow (velocity ``v = ε − x0``
+on ``x_σ = (1 − σ)·x0 + σ·ε``) by ``scripts/train_images_flow.py``, with a
+``FlowMatchEulerDiscreteScheduler`` (shift 1); eta = 1 (default) is the DDPM-like posterior.
+
 Rewards (see ``rewards``): ``compressibility`` (−JPEG kB, q = 95, black box),
 ``classifier:<d>`` and ``classifier-eval:<d>`` (log-probability of digit d under two
 independently trained CNNs; differentiable), ``brightness`` (differentiable). For latent
@@ -31,11 +35,13 @@ from .networks import DigitClassifier, ImageValueNetwork
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 DIGITS_DDPM_PATH = ASSETS / "digits-ddpm"
+DIGITS_FLOW_PATH = ASSETS / "digits-flow"
 CLASSIFIER_PATH = ASSETS / "classifier.safetensors"
 CLASSIFIER_EVAL_PATH = ASSETS / "classifier-eval.safetensors"
 VALUE_PATHS = {"classifier:0": ASSETS / "value-classifier0"}
 
-__all__ = ["DOMAIN", "load_digits", "load_diffusers", "make_reward", "value_network", "ASSETS", "DIGITS_DDPM_PATH"]
+__all__ = ["DOMAIN", "load_digits", "load_digits_flow", "load_diffusers", "make_reward", "value_network", "ASSETS",
+           "DIGITS_DDPM_PATH", "DIGITS_FLOW_PATH"]
 
 
 def _offline() -> None:
@@ -63,6 +69,17 @@ def load_digits(device="cpu", *, eta: float = 1.0, path: Optional[Path] = None):
     # svdd's evenly spaced ("trailing") grid, which the shipped results were made with; the saved
     # scheduler's own grid is "leading" (DDPMPipeline on this folder), which starts at ᾱ ≈ 0.02 here
     return load_diffusers(path, device, eta=eta, timestep_grid="trailing")
+
+
+def load_digits_flow(device="cpu", *, eta: float = 1.0, path: Optional[Path] = None):
+    """The shipped digits rectified flow (``digits-flow``: ``UNet2DModel`` + ``FlowMatchEulerDiscreteScheduler``,
+    velocity prediction) as a ``GaussianProcess`` on the scheduler's own grid. ``eta=1`` (default):
+    the DDPM-like posterior, so SVDD/SMC children differ; ``eta=0``: diffusers' Euler sampler."""
+    path = Path(path or DIGITS_FLOW_PATH)
+    if not (path / "unet" / "diffusion_pytorch_model.safetensors").exists():
+        raise DomainError(f"the digits flow weights are missing at {path}; train them with "
+                          "`python scripts/train_images_flow.py` (see docs/images.md)")
+    return load_diffusers(path, device, eta=eta, timestep_grid="scheduler")
 
 
 def _scheduler_from(folder: Path):
@@ -310,8 +327,8 @@ _register_value_network()
 
 DOMAIN = Domain(
     name="images",
-    description="diffusers image models (shipped: 16x16 digits DDPM); JPEG compressibility, digit classifiers",
-    models={"digits-ddpm": load_digits},
+    description="diffusers image models (shipped: 16x16 digits DDPM and flow); JPEG compressibility, digit classifiers",
+    models={"digits-ddpm": load_digits, "digits-flow": load_digits_flow},
     default_model="digits-ddpm",
     rewards={
         "compressibility": (_compressibility, "-JPEG size in kB at quality 95 (black box)"),
