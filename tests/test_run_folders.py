@@ -226,6 +226,9 @@ def test_atomic_write_leaves_old_or_new_and_refuses_links(tmp_path):
     atomic_write(path, "new")
     assert path.read_text() == "new"
     assert [p.name for p in tmp_path.iterdir()] == ["f.json"]     # no temp file left behind
+    mask = os.umask(0o022)
+    os.umask(mask)
+    assert (path.stat().st_mode & 0o777) == 0o666 & ~mask          # the mode open() would give, not 0600
     link = tmp_path / "link"
     link.symlink_to(path)
     with pytest.raises(RunFolderError, match="symbolic link"):

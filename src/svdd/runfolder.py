@@ -78,6 +78,17 @@ def check_no_symlink(path: str | Path, root: Optional[str | Path] = None) -> Pat
 # ------------------------------------------------------------------------------------------------
 # atomic writes
 # ------------------------------------------------------------------------------------------------
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _normal_mode(path) -> None:
+    """``mkstemp`` makes 0600 files; outputs get the usual 0666 & ~umask, as ``open`` would give."""
+    os.chmod(path, 0o666 & ~_umask())
+
+
 def _fsync_dir(folder: Path) -> None:
     try:
         fd = os.open(folder, os.O_RDONLY)
@@ -107,6 +118,7 @@ def atomic_path(path: str | Path, root: Optional[str | Path] = None) -> Iterator
         with open(tmp, "rb+") as fh:
             fh.flush()
             os.fsync(fh.fileno())
+        _normal_mode(tmp)
         check_no_symlink(path, root)
         os.replace(tmp, path)
         _fsync_dir(path.parent)
@@ -126,6 +138,7 @@ def atomic_write(path: str | Path, data: bytes | str, root: Optional[str | Path]
             fh.write(payload)
             fh.flush()
             os.fsync(fh.fileno())
+        _normal_mode(tmp_name)
         check_no_symlink(path, root)
         os.replace(tmp_name, path)
     finally:
