@@ -20,7 +20,7 @@ sys.path.insert(0, str(ROOT / "src"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 ORDER = ["toys-quick", "toys", "toys-quick-full", "svdd-m-sweep", "svdd-alpha-sweep", "toys-masked",
-         "molecules", "molecules-docking", "dna", "rna", "images"]
+         "molecules", "molecules-docking", "dna", "rna", "images", "images-flow"]
 
 
 # The issues' acceptance targets, checked on the committed runs (pooled over seeds; medians and
@@ -48,6 +48,10 @@ TARGETS: dict[str, list[dict]] = {
     "images": [
         {"issue": 7, "kind": "above", "reward": "compressibility", "method": "svdd-pm", "others": ["best-of-n"]},
         {"issue": 7, "kind": "above", "reward": "classifier:0", "method": "svdd-pm", "others": ["best-of-n"]},
+    ],
+    "images-flow": [
+        {"issue": 15, "kind": "above", "reward": "compressibility", "method": "svdd-pm", "others": ["best-of-n", "smc"]},
+        {"issue": 15, "kind": "above", "reward": "classifier:0", "method": "svdd-pm", "others": ["best-of-n", "smc"]},
     ],
     "rna": [
         {"issue": 9, "kind": "above", "reward": "mrl", "score": "mrl-eval", "method": "svdd-pm",
