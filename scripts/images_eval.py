@@ -40,7 +40,7 @@ def main(argv=None) -> None:
     import svdd
     from svdd.domains import get_domain
     from svdd.metrics.stats import quantile_summary
-    from svdd.domains.images.viz import X0HatRecorder, best_and_median, save_grid
+    from svdd.domains.images.viz import X0HatRecorder, best_and_median, grid_image, ranks, save_grid, side_by_side
 
     domain = get_domain("images")
     process = domain.load_process()
@@ -48,6 +48,7 @@ def main(argv=None) -> None:
     eval_reward = domain.make_reward(args.eval_reward) if args.eval_reward else None
     rows = []
     figures = Path(args.figures) if args.figures else None
+    baseline_grids = None
     if figures:
         figures.mkdir(parents=True, exist_ok=True)
     tag = args.reward.replace(":", "")
@@ -81,12 +82,22 @@ def main(argv=None) -> None:
             row[f"eval:{args.eval_reward}"] = {"median": ev["median"], "median_ci": ev["median_ci"], "mean": ev["mean"]}
         rows.append(row)
         print(json.dumps(row), flush=True)
-        if figures:
+        if figures:   # tiles captioned with rank (1 = highest reward) and reward; pretrained grid beside
             best, median = best_and_median(res.rewards, 16)
-            save_grid(figures / f"{tag}_{method}_best.png", res.x0[best], ncols=8)
-            save_grid(figures / f"{tag}_{method}_median.png", res.x0[median], ncols=8)
+            rank = ranks(res.rewards)
+            label = [f"#{int(rank[i])} {float(res.rewards[i]):.3f}" for i in range(len(rank))]
+            grids = {}
+            for which, idx in (("best", best), ("median", median)):
+                title = f"{method} · {args.reward} · {which} 16 of {args.num_samples}"
+                grids[which] = grid_image(res.x0[idx], 8, 4, labels=[label[int(i)] for i in idx], title=title)
+                save_grid(figures / f"{tag}_{method}_{which}.png", res.x0[idx], ncols=8,
+                          labels=[label[int(i)] for i in idx], title=title)
             if method == "ancestral":
-                save_grid(figures / f"{method}_samples.png", res.x0, ncols=8)
+                baseline_grids = grids
+                save_grid(figures / f"{method}_samples.png", res.x0, ncols=8,
+                          labels=[label[i] for i in range(len(label))], title=f"pretrained · {args.reward}")
+            elif baseline_grids is not None:
+                side_by_side(figures / f"{tag}_{method}_vs_pretrained.png", [grids["median"], baseline_grids["median"]])
             if recorder is not None:
                 recorder.save(figures / f"{tag}_{method}_x0hat_strip.png", max_frames=10)
     if args.out:
