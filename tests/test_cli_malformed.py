@@ -79,6 +79,8 @@ def _env() -> dict:
     return env
 
 
+# slow: 4 fresh interpreters; the in-process corpus above covers every case
+@pytest.mark.slow
 def test_malformed_invocations_end_to_end(tmp_path):
     procs = {}
     for cid in END_TO_END:      # started together: the interpreters' start-up overlaps

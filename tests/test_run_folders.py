@@ -160,6 +160,8 @@ def test_a_stale_lock_of_a_dead_process_is_taken_over_with_a_notice(tmp_path, ca
     assert "taking over the lock" in capsys.readouterr().err
 
 
+# slow: 3 fresh interpreters; test_a_held_folder_is_refused_naming_the_holder covers the lock
+@pytest.mark.slow
 def test_concurrent_runs_with_a_slow_model_load_one_wins(tmp_path):
     """Three runs on one --out whose model takes a second to load: one succeeds, two exit 2."""
     out = tmp_path / "run"
