@@ -23,6 +23,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from .runfolder import _fsync_dir, sha256_file
+
 PIP_TIMEOUT_S = 900.0
 _PINNED = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*==[A-Za-z0-9][A-Za-z0-9.+!_-]*$")
 _FAILED: dict[str, str] = {}   # target path -> the one-line error of a fetch that failed in this process
@@ -41,11 +43,7 @@ def cache_dir(*parts: str) -> Path:
 
 
 def sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    return sha256_file(path)
 
 
 def pip_download_command(requirement: str, dest: str | Path) -> list[str]:
@@ -55,17 +53,7 @@ def pip_download_command(requirement: str, dest: str | Path) -> list[str]:
 
 
 def _fsync(path: Path) -> None:
-    flags = os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if path.is_dir() else 0)
-    try:
-        fd = os.open(path, flags)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    _fsync_dir(path)   # opens read-only and fsyncs: files and folders alike
 
 
 def fetch_wheel(requirement: str, filename: str, expected_sha256: str, dest: Path, download: bool = True) -> Path:
