@@ -15,7 +15,6 @@ download costs seconds, not a finished run.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import subprocess
