@@ -73,3 +73,22 @@ def test_a_hub_id_is_told_to_save_pretrained_first(tmp_path, capsys):
     assert _sample("stabilityai/stable-diffusion-3-medium-diffusers", tmp_path / "run") == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("svdd: error:") and "save_pretrained" in err[0]
+
+
+def test_a_saved_text_pipeline_folder_samples_with_a_prompt(tmp_path):
+    """A saved StableDiffusionPipeline folder (tiny CLIP text encoder and a word-level tokenizer,
+    as tests/test_reward_pipeline.py builds them) loads with --diffusers and --prompt; its
+    samples equal the Python path with the same prompt and seed, and --prompt is required."""
+    pytest.importorskip("transformers")
+    from test_reward_pipeline import tiny_sd_pipeline
+
+    folder = tmp_path / "sd"
+    tiny_sd_pipeline().save_pretrained(folder)
+    out = tmp_path / "run"
+    assert main(["sample", "--domain", "images", "--diffusers", str(folder), "--prompt", "a red cat",
+                 "--guidance-scale", "2.0", "--reward", "brightness", "--method", "svdd-pm", "--num-samples", "2",
+                 "--num-steps", "3", "--num-candidates", "2", "--out", str(out), "--quiet", "--no-baseline"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["num_samples"] == 2 and "eval_digit_counts" not in summary["metrics"]   # no digit metrics
+    assert main(["sample", "--domain", "images", "--diffusers", str(folder), "--reward", "brightness",
+                 "--num-samples", "2", "--num-steps", "3", "--out", str(tmp_path / "r2"), "--quiet"]) == 2
