@@ -653,8 +653,9 @@ def _sample_in_folder(args, spec, out: Path) -> int:
     if process.kind not in spec.kinds:
         raise UserError(f"{args.method} does not support {process.kind} processes; use svdd-pm instead")
     if spec.needs_gradients and not reward.differentiable:
-        raise UserError(f"{args.method} needs a differentiable reward and {reward.name!r} is not; "
-                        "use svdd-pm, smc or dno (hybrid) instead")
+        raise UserError(f"{args.method} needs a differentiable reward and {reward.name!r} is not (a reward of "
+                        "torch ops on x0 declares it with the attribute differentiable = True); use svdd-pm, smc "
+                        "or dno (hybrid) instead")
     kwargs = _method_kwargs(args, spec.fn)
     _check_sample_size(args, spec, process, kwargs, device)
     value_cost = None
