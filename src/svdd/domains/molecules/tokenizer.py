@@ -37,7 +37,12 @@ def _selfies():
     return selfies
 
 
-class SelfiesTokenizer:
+class _Vocabulary:
+    """What both tokenizers share: ``[PAD]`` (id 0, also end of sequence) + tokens + ``[MASK]``
+    (last id), fixed length ``max_len``, JSON persistence, padding and decoding of id rows."""
+
+    label = "token"
+
     def __init__(self, tokens: Sequence[str], max_len: int):
         tokens = list(tokens)
         if tokens[0] != PAD or tokens[-1] != MASK or len(set(tokens)) != len(tokens):
@@ -52,6 +57,41 @@ class SelfiesTokenizer:
     def vocab_size(self) -> int:
         return len(self.tokens)
 
+    def save(self, path: str | Path) -> None:
+        from ...runfolder import atomic_write_json
+
+        atomic_write_json(path, self.to_dict(), indent=1)
+
+    @classmethod
+    def load(cls, path: str | Path):
+        meta = json.loads(Path(path).read_text())
+        return cls(meta["tokens"], meta["max_len"])
+
+    def _ids(self, toks: Sequence[str]) -> list[int]:
+        """Ids of ``toks`` padded to ``max_len``; unknown tokens or a too long molecule: DomainError."""
+        unknown = sorted({t for t in toks if t not in self.index or t in (PAD, MASK)})
+        if unknown:
+            raise DomainError(f"{self.label} token(s) {unknown} are not in the model's vocabulary; "
+                              "the molecule contains atoms or charges the model never saw")
+        if len(toks) > self.max_len:
+            raise DomainError(f"molecule has {len(toks)} {self.label} tokens; the model handles at most {self.max_len}")
+        return [self.index[t] for t in toks] + [self.pad_id] * (self.max_len - len(toks))
+
+    def _join(self, ids: Sequence[int]) -> str:
+        """Drop [PAD] (and any stray [MASK]) and join the remaining tokens."""
+        return "".join(self.tokens[i] for i in ids if i != self.pad_id and i != self.mask_id)
+
+    def decode(self, x: Tensor | np.ndarray) -> list[str]:
+        """Token ids ``(B, L)`` (or one row) -> SMILES strings (see ``decode_one``)."""
+        rows = x.tolist() if hasattr(x, "tolist") else list(x)
+        if rows and isinstance(rows[0], int):
+            rows = [rows]
+        return [self.decode_one(r) for r in rows]
+
+
+class SelfiesTokenizer(_Vocabulary):
+    label = "SELFIES"
+
     # -- construction / persistence -------------------------------------------------------------
     @classmethod
     def build(cls, selfies_strings: Iterable[str], max_len: int) -> "SelfiesTokenizer":
@@ -65,14 +105,6 @@ class SelfiesTokenizer:
     def to_dict(self) -> dict:
         return {"type": "selfies", "tokens": self.tokens, "max_len": self.max_len}
 
-    def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=1))
-
-    @classmethod
-    def load(cls, path: str | Path) -> "SelfiesTokenizer":
-        meta = json.loads(Path(path).read_text())
-        return cls(meta["tokens"], meta["max_len"])
-
     # -- encoding ------------------------------------------------------------------------------
     def smiles_to_selfies(self, smiles: str) -> str:
         sf = _selfies()
@@ -85,14 +117,7 @@ class SelfiesTokenizer:
         return out
 
     def encode_selfies(self, selfies_string: str) -> list[int]:
-        toks = list(_selfies().split_selfies(selfies_string))
-        unknown = [t for t in toks if t not in self.index or t in (PAD, MASK)]
-        if unknown:
-            raise DomainError(f"SELFIES token(s) {sorted(set(unknown))} are not in the model's vocabulary; "
-                              "the molecule contains atoms or charges the model never saw")
-        if len(toks) > self.max_len:
-            raise DomainError(f"molecule has {len(toks)} SELFIES tokens; the model handles at most {self.max_len}")
-        return [self.index[t] for t in toks] + [self.pad_id] * (self.max_len - len(toks))
+        return self._ids(list(_selfies().split_selfies(selfies_string)))
 
     def encode(self, smiles: str | Sequence[str]) -> Tensor:
         """SMILES (one or a list) -> token ids ``(L,)`` or ``(B, L)`` long."""
@@ -103,21 +128,14 @@ class SelfiesTokenizer:
     # -- decoding ------------------------------------------------------------------------------
     def ids_to_selfies(self, ids: Sequence[int]) -> str:
         """Drop [PAD] (and any stray [MASK]) and join the remaining tokens."""
-        return "".join(self.tokens[i] for i in ids if i != self.pad_id and i != self.mask_id)
+        return self._join(ids)
 
     def decode_one(self, ids: Sequence[int]) -> str:
         sf = _selfies()
         try:
             return sf.decoder(self.ids_to_selfies(ids)) or ""
         except Exception:
-            return ""
-
-    def decode(self, x: Tensor | np.ndarray) -> list[str]:
-        """Token ids ``(B, L)`` -> SMILES strings ("" when nothing decodes)."""
-        rows = x.tolist() if hasattr(x, "tolist") else list(x)
-        if rows and isinstance(rows[0], int):
-            rows = [rows]
-        return [self.decode_one(r) for r in rows]
+            return ""   # "" when nothing decodes
 
 
 # -- aromatic SMILES ------------------------------------------------------------------------------
@@ -160,7 +178,7 @@ def smiles_variant(smiles: str, random_seed: int | None = None) -> str:
     return Chem.MolToSmiles(Chem.RenumberAtoms(mol, order), canonical=False)
 
 
-class SmilesTokenizer:
+class SmilesTokenizer(_Vocabulary):
     """Aromatic SMILES, atom-level regex tokens (``SMILES_REGEX``), fixed length::
 
         id 0            [PAD]  end-of-sequence / padding (decoding drops it)
@@ -173,20 +191,7 @@ class SmilesTokenizer:
     ``decode`` returns the string as written and validity is RDKit's judgement."""
 
     kind = "smiles"
-
-    def __init__(self, tokens: Sequence[str], max_len: int):
-        tokens = list(tokens)
-        if tokens[0] != PAD or tokens[-1] != MASK or len(set(tokens)) != len(tokens):
-            raise ValueError("vocabulary must start with [PAD], end with [MASK] and have no duplicates")
-        self.tokens = tokens
-        self.max_len = int(max_len)
-        self.index = {tok: i for i, tok in enumerate(tokens)}
-        self.pad_id = 0
-        self.mask_id = len(tokens) - 1
-
-    @property
-    def vocab_size(self) -> int:
-        return len(self.tokens)
+    label = "SMILES"
 
     @classmethod
     def build(cls, smiles_strings: Iterable[str], max_len: int) -> "SmilesTokenizer":
@@ -198,24 +203,9 @@ class SmilesTokenizer:
     def to_dict(self) -> dict:
         return {"type": "smiles", "regex": SMILES_REGEX, "tokens": self.tokens, "max_len": self.max_len}
 
-    def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=1))
-
-    @classmethod
-    def load(cls, path: str | Path) -> "SmilesTokenizer":
-        meta = json.loads(Path(path).read_text())
-        return cls(meta["tokens"], meta["max_len"])
-
     def encode_string(self, smiles: str) -> list[int]:
         """Ids of a SMILES string exactly as written (no canonicalisation)."""
-        toks = split_smiles(smiles)
-        unknown = sorted({t for t in toks if t not in self.index or t in (PAD, MASK)})
-        if unknown:
-            raise DomainError(f"SMILES token(s) {unknown} are not in the model's vocabulary; "
-                              "the molecule contains atoms or charges the model never saw")
-        if len(toks) > self.max_len:
-            raise DomainError(f"molecule has {len(toks)} SMILES tokens; the model handles at most {self.max_len}")
-        return [self.index[t] for t in toks] + [self.pad_id] * (self.max_len - len(toks))
+        return self._ids(split_smiles(smiles))
 
     def encode(self, smiles: str | Sequence[str]) -> Tensor:
         """SMILES (one or a list) -> ids of the canonical aromatic SMILES, ``(L,)`` or ``(B, L)``."""
@@ -224,14 +214,8 @@ class SmilesTokenizer:
         return torch.tensor([self.encode_string(smiles_variant(s)) for s in smiles], dtype=torch.long)
 
     def decode_one(self, ids: Sequence[int]) -> str:
-        return "".join(self.tokens[i] for i in ids if i != self.pad_id and i != self.mask_id)
-
-    def decode(self, x: Tensor | np.ndarray) -> list[str]:
-        """Token ids ``(B, L)`` -> SMILES strings as written (RDKit may reject them)."""
-        rows = x.tolist() if hasattr(x, "tolist") else list(x)
-        if rows and isinstance(rows[0], int):
-            rows = [rows]
-        return [self.decode_one(r) for r in rows]
+        """The SMILES as written (RDKit may reject it)."""
+        return self._join(ids)
 
 
 TOKENIZERS = {"selfies": SelfiesTokenizer, "smiles": SmilesTokenizer}
