@@ -490,6 +490,20 @@ def _safe(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in str(name))
 
 
+def _finish_labelled(fig, axes, pending, path: Path) -> Path:
+    """Lay out, label each panel's points (``pending``: (axes, labels)), put the legend outside,
+    save (atomic) and close."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    for ax, labels in pending:
+        _label_points(ax, labels)
+    _legend_outside(fig, *_dedupe_legend(axes))
+    _save_figure(fig, path)
+    plt.close(fig)
+    return path
+
+
 def _save_figure(fig, path: Path) -> None:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110, format="png", bbox_inches="tight")
@@ -658,13 +672,7 @@ def _figures(reward: str, tables: list[tuple], fig_dir: Path, refs: list[dict], 
             pending.append((ax, labels))
         fig.suptitle(f"{head}median reward vs cost per sample (points that would overlap are spread sideways)",
                      fontsize=10)
-        fig.tight_layout()
-        for ax, labels in pending:
-            _label_points(ax, labels)
-        _legend_outside(fig, *_dedupe_legend(axes))
-        path = fig_dir / f"{_safe(reward)}_reward_vs_cost.png"
-        _save_figure(fig, path)
-        plt.close(fig)
+        path = _finish_labelled(fig, axes, pending, fig_dir / f"{_safe(reward)}_reward_vs_cost.png")
         out.append((f"{reward}: median reward (95 % CI) vs cost per sample"
                     + (" — guidance reward and evaluation oracle" if n_panels > 1 else ""), path))
 
@@ -761,13 +769,7 @@ def _figures(reward: str, tables: list[tuple], fig_dir: Path, refs: list[dict], 
             ax.grid(alpha=0.3)
             pending.append((ax, labels))
         fig.suptitle(f"{head}median reward vs {div}, {_budget_label(budget)}", fontsize=10)
-        fig.tight_layout()
-        for ax, labels in pending:
-            _label_points(ax, labels)
-        _legend_outside(fig, *_dedupe_legend(axes))
-        path = fig_dir / f"{_safe(reward)}_reward_vs_diversity.png"
-        _save_figure(fig, path)
-        plt.close(fig)
+        path = _finish_labelled(fig, axes, pending, fig_dir / f"{_safe(reward)}_reward_vs_diversity.png")
         out.append((f"{reward}: median reward vs {div}", path))
 
     # 5. evaluation oracle vs guidance reward (medians with CIs), one panel per oracle
@@ -798,13 +800,7 @@ def _figures(reward: str, tables: list[tuple], fig_dir: Path, refs: list[dict], 
             ax.grid(alpha=0.3)
             pending.append((ax, labels))
         fig.suptitle(f"{head}evaluation oracle vs guidance reward, {_budget_label(budget)}", fontsize=10)
-        fig.tight_layout()
-        for ax, labels in pending:
-            _label_points(ax, labels)
-        _legend_outside(fig, *_dedupe_legend(axes))
-        path = fig_dir / f"{_safe(reward)}_eval_oracle.png"
-        _save_figure(fig, path)
-        plt.close(fig)
+        path = _finish_labelled(fig, axes, pending, fig_dir / f"{_safe(reward)}_eval_oracle.png")
         out.append((f"{reward}: evaluation oracle ({', '.join(evals)}) vs guidance reward, medians with 95 % CIs "
                     f"({_budget_label(budget)})", path))
     return out
