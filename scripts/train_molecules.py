@@ -242,6 +242,20 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def tokenizer_sha256(path: Path) -> str:
+    """SHA-256 of the tokenizer's content (canonical JSON), so a change of file layout is not a change of data."""
+    content = json.loads(Path(path).read_text())
+    return hashlib.sha256(json.dumps(content, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def tokenizer_matches(saved: str | None, path: Path) -> bool:
+    """Whether ``saved`` names this tokenizer: its content hash, or (checkpoints from before the content hash) the
+    SHA-256 of its bytes, with or without the trailing newline the shared tokenizer writer now adds."""
+    raw = Path(path).read_bytes()
+    legacy = {hashlib.sha256(raw).hexdigest(), hashlib.sha256(raw.rstrip(b"\n")).hexdigest()}
+    return saved == tokenizer_sha256(path) or saved in legacy
+
+
 # restored from the checkpoint on --resume (--num-steps and the budgets only bound one invocation;
 # ``horizon`` is the cosine schedule's length, fixed by the first invocation's --num-steps)
 SETTINGS_KEYS = ("dim", "depth", "heads", "batch_size", "lr", "warmup", "lr_schedule", "horizon", "seed")
@@ -251,7 +265,7 @@ def run_resumable(args, arrays, vocab_size, seq_len, mask_id, device, data_dir: 
     """Train with checkpoints (``--checkpoint-dir``), resuming when ``--resume``; returns (ema, results)."""
     ckpt = Path(args.checkpoint_dir)
     data_sha = file_sha256(data_dir / "train.npy")
-    tok_sha = file_sha256(data_dir / "tokenizer.json")
+    tok_sha = tokenizer_sha256(data_dir / "tokenizer.json")
     state = tensors = None
     args.horizon = args.num_steps
     if args.lr_schedule == "cosine" and args.num_steps is None:
@@ -261,7 +275,8 @@ def run_resumable(args, arrays, vocab_size, seq_len, mask_id, device, data_dir: 
         saved = state["settings"]
         for k in SETTINGS_KEYS:   # the architecture and optimisation settings come from the checkpoint
             setattr(args, k, saved[k])
-        if saved.get("train_sha256") != data_sha or saved.get("tokenizer_sha256") != tok_sha:
+        if saved.get("train_sha256") != data_sha or not tokenizer_matches(saved.get("tokenizer_sha256"),
+                                                                             data_dir / "tokenizer.json"):
             raise SystemExit(f"svdd: error: {data_dir} is not the data this checkpoint was trained on "
                              f"(SHA-256 of train.npy/tokenizer.json differ); rerun scripts/prepare_molecules.py "
                              f"with the settings in {ckpt / 'state.json'}")
