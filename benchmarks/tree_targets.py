@@ -1,0 +1,181 @@
+"""Issue 17's two domain targets, computed from the committed tree-* suites (generated, not typed).
+
+    .venv/bin/python benchmarks/tree_targets.py
+
+Reads ``benchmarks/results/<suite>/runs.jsonl`` for the tree suites below (written by ``svdd bench``), writes
+``docs/figures/tree_targets.md`` and replaces the block between ``<!-- tree-targets:begin -->`` and
+``<!-- tree-targets:end -->`` of ``docs/tree-search.md`` with it.
+
+Score. Per (suite, reward, budget, method) the median of the samples pooled over seeds (the report's median;
+the mean on the masked toy, whose rewards are too discrete for medians to differ),
+on the held-out oracle where the suite has one (``eval_rewards``: hepg2-eval, mrl-eval), else on the guided
+reward (the molecules' QED and SA, JPEG compressibility, the toys' exact rewards). nfe is the cost actually
+spent per sample (``actual.cost_per_sample``), mean over seeds.
+
+Targets (issue 17):
+  A. at equal nfe some tree method's median beats svdd-pm's, on at least 3 of the 5 domains. A (suite, reward)
+     row counts when that holds at *every* budget of the suite; a domain counts when all its rows count.
+  B. some tree method reaches best-of-n's median (at best-of-n's largest budget) with at most one third of
+     best-of-n's nfe, on at least 3 domains (same counting).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics as st
+from collections import defaultdict
+from pathlib import Path
+
+from svdd.runfolder import atomic_write
+
+ROOT = Path(__file__).resolve().parent.parent
+TREE = ("dts", "dts-star", "dsearch", "dsearch-r", "treeg", "noise-trajectory-search", "iterative-refinement",
+        "search-over-paths")
+# (domain, suite); a suite missing from benchmarks/results is reported as not run
+SUITES = [("toys", "tree-toys"), ("toys", "tree-toys-masked"), ("molecules", "tree-molecules"),
+          ("dna", "tree-dna"), ("rna", "tree-rna"), ("images", "tree-images")]
+# the masked toy's reward table is so discrete that every method's median is the same 1.155: compare means there
+STAT = {"tree-toys-masked": "mean"}
+BEGIN, END = "<!-- tree-targets:begin -->", "<!-- tree-targets:end -->"
+DIVERSITY_KEYS = ("diversity", "internal_diversity", "moses_intdiv", "pairwise_distance")
+
+
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def _rows(suite: str, results: Path = RESULTS) -> list[dict]:
+    path = Path(results) / suite / "runs.jsonl"
+    if not path.exists():
+        return []
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [r for r in rows if r.get("status") == "ok"]
+
+
+def _scores(r: dict) -> tuple[list[float], str]:
+    ev = r.get("eval_rewards") or {}
+    if ev:
+        name = sorted(ev)[0]
+        return [v for v in ev[name] if v is not None], name
+    return [v for v in r["rewards"] if v is not None], r["reward"]
+
+
+def _diversity(rs: list[dict]) -> float | None:
+    for key in DIVERSITY_KEYS:
+        vals = [(r.get("metrics") or {}).get(key) for r in rs]
+        if all(isinstance(v, (int, float)) for v in vals):
+            return st.mean(vals)
+    return None
+
+
+def _cells(rows: list[dict], stat: str = "median"):
+    """{reward: {budget_index: {method: (nfe, median (or mean), diversity, n, seeds, scored_on)}}}"""
+    grouped = defaultdict(list)
+    for r in rows:
+        grouped[(r["reward"], r["budget_index"], r.get("variant") or r["method"])].append(r)
+    out: dict = defaultdict(lambda: defaultdict(dict))
+    for (reward, b, method), rs in grouped.items():
+        pooled, on = [], None
+        for r in rs:
+            vals, on = _scores(r)
+            pooled += vals
+        nfe = st.mean(r["actual"]["cost_per_sample"] for r in rs)
+        out[reward][b][method] = (nfe, (st.mean if stat == "mean" else st.median)(pooled), _diversity(rs), len(pooled), len(rs), on)
+    return out
+
+
+def _fmt(x: float) -> str:
+    return f"{x:.3g}" if abs(x) < 100 else f"{x:.0f}"
+
+
+def evaluate(results: Path = RESULTS) -> tuple[list[str], dict]:
+    lines = ["| domain | suite | reward (scored on) | budgets (nfe) | A: best tree method vs svdd-pm, per budget | A | "
+             "B: best-of-n median at its nfe; first tree method to reach it | B |",
+             "|---|---|---|---|---|:-:|---|:-:|"]
+    verdict: dict = defaultdict(lambda: {"A": [], "B": [], "run": []})
+    for domain, suite in SUITES:
+        rows = _rows(suite, results)
+        if not rows:
+            verdict[domain]["run"].append(False)
+            lines.append(f"| {domain} | {suite} | – | – | not run | – | not run | – |")
+            continue
+        verdict[domain]["run"].append(True)
+        seeds = sorted({r["seed"] for r in rows})
+        stat = STAT.get(suite, "median")
+        for reward, budgets in sorted(_cells(rows, stat).items()):
+            on = next(iter(next(iter(budgets.values())).values()))[5]
+            scored = (reward if on == reward else f"{reward} ({on})") + ("; means" if stat == "mean" else "")
+            per_budget, ok_a = [], True
+            for b in sorted(budgets):
+                cell = budgets[b]
+                if "svdd-pm" not in cell:
+                    ok_a = False
+                    per_budget.append("svdd-pm missing")
+                    continue
+                tree = [(cell[m][1], m) for m in TREE if m in cell]
+                best_med, best = max(tree)
+                pm = cell["svdd-pm"][1]
+                ok_a &= best_med > pm
+                per_budget.append(f"{best} {_fmt(best_med)} vs {_fmt(pm)}")
+            top = max(b for b in budgets if "best-of-n" in budgets[b])
+            bon_nfe, bon_med = budgets[top]["best-of-n"][:2]
+            reach = sorted((cell[m][0], m) for b, cell in budgets.items() for m in TREE
+                           if m in cell and cell[m][1] >= bon_med)
+            ok_b = bool(reach) and reach[0][0] <= bon_nfe / 3
+            first = (f"{reach[0][1]} at nfe {reach[0][0]:.0f} ({reach[0][0] / bon_nfe:.2f} of it)" if reach
+                     else "no tree method reaches it")
+            nfes = "/".join(f"{budgets[b]['best-of-n'][0]:.0f}" if "best-of-n" in budgets[b] else "?"
+                            for b in sorted(budgets))
+            lines.append(f"| {domain} | {suite} ({len(seeds)} seeds) | {scored} | {nfes} | {'; '.join(per_budget)} | "
+                         f"{'✓' if ok_a else '✗'} | {_fmt(bon_med)} at {bon_nfe:.0f}; {first} | "
+                         f"{'✓' if ok_b else '✗'} |")
+            verdict[domain]["A"].append(ok_a)
+            verdict[domain]["B"].append(ok_b)
+    return lines, verdict
+
+
+def summary(verdict: dict) -> list[str]:
+    run = [d for d, v in verdict.items() if all(v["run"]) and v["A"]]
+    partial = [d for d, v in verdict.items() if not all(v["run"])]
+    a = [d for d in run if all(verdict[d]["A"])]
+    b = [d for d in run if all(verdict[d]["B"])]
+    out = [f"- **A** (some tree method's median above svdd-pm's at every budget): {len(a)} of 5 domains "
+           f"({', '.join(a) or 'none'}); target ≥ 3 — **{'met' if len(a) >= 3 else 'missed'}**.",
+           f"- **B** (some tree method reaches best-of-n's top-budget median at ≤ 1/3 of its nfe): {len(b)} of 5 "
+           f"domains ({', '.join(b) or 'none'}); target ≥ 3 — **{'met' if len(b) >= 3 else 'missed'}**."]
+    if partial:
+        out.append(f"- Not (fully) run, so not counted: {', '.join(partial)}.")
+    return out
+
+
+def diversity_table(results: Path = RESULTS) -> list[str]:
+    """Diversity beside the score at the largest budget, so a search that collapses onto one sample is visible."""
+    out = ["| suite | reward | method | nfe | median or mean (scored on) | diversity |", "|---|---|---|---:|---:|---:|"]
+    for _, suite in SUITES:
+        rows = _rows(suite, results)
+        if not rows:
+            continue
+        for reward, budgets in sorted(_cells(rows, STAT.get(suite, "median")).items()):
+            top = max(budgets)
+            for method, (nfe, med, div, _n, _s, on) in sorted(budgets[top].items(), key=lambda kv: -kv[1][1]):
+                out.append(f"| {suite} | {reward} | {method} | {nfe:.0f} | {_fmt(med)} ({on}) | "
+                           f"{'–' if div is None else f'{div:.3f}'} |")
+    return out
+
+
+def main() -> None:
+    lines, verdict = evaluate()
+    text = "\n".join(summary(verdict) + [""] + lines + ["", "Diversity at each suite's largest budget "
+                                                          "(mean over seeds of the domain's diversity metric):",
+                                                          ""] + diversity_table()) + "\n"
+    atomic_write(ROOT / "docs" / "figures" / "tree_targets.md", text)
+    doc = ROOT / "docs" / "tree-search.md"
+    if doc.exists():
+        body = doc.read_text()
+        if BEGIN in body and END in body:
+            a, b = body.index(BEGIN) + len(BEGIN), body.index(END)
+            atomic_write(doc, body[:a] + "\n" + text + body[b:])
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
