@@ -22,6 +22,15 @@ Subcommands (results as JSON in ``benchmarks/results/molecule-representation/``)
 
 ``table``  the markdown table of every ``evaluate`` JSON in the results folder.
 
+``properties [MODEL_DIR ...] [--smiles CSV ...] --name NAME``  MOSES-style property distributions
+    of one or more sources (a model folder, sampled ancestrally with ``--num-samples``/``--steps``/
+    ``--seed``; or a CSV with a ``smiles`` column, e.g. an ``svdd sample`` samples.csv) next to a
+    fixed random subset of MOSES test (``--reference-size`` 10,000, seed 0): per valid molecule
+    (RDKit sanitisation, no valency correction) molecular weight, Crippen logP, QED, SA score
+    (RDKit Contrib sascorer, raw 1-10), rings (SSSR) and aromatic rings; per property mean/std,
+    the 1-D Wasserstein distance to MOSES test and, for ring counts, the shares of 0..6+.
+    JSON ``properties-NAME.json``, figure ``docs/figures/molecule_properties.png`` (``--figure``).
+
     python scripts/molecule_representation.py train selfies --data .gpu-data/molecules
     python scripts/molecule_representation.py train smiles --data .gpu-data/molecules-smiles
     python scripts/molecule_representation.py train smiles-random --data .gpu-data/molecules-smiles-random
@@ -29,6 +38,8 @@ Subcommands (results as JSON in ``benchmarks/results/molecule-representation/``)
     python scripts/molecule_representation.py evaluate runs/rep/smiles/moses-smiles --steps 32 --num-samples 2000 \\
         --name smiles-canonical
     python scripts/molecule_representation.py table
+    python scripts/molecule_representation.py properties src/svdd/domains/molecules/assets/moses-selfies \\
+        src/svdd/domains/molecules/assets/moses-smiles --name moses-selfies-vs-smiles --num-samples 2000 --steps 32
 """
 
 from __future__ import annotations
@@ -95,6 +106,120 @@ def ring_census(smiles: list[str], top: int = 12) -> dict:
     rows = [{"size": a, "kekule_double_bonds": b, "aromatic": c, "per_molecule": round(v / max(n, 1), 3)}
             for (a, b, c), v in counts.most_common(top)]
     return {"n_valid": n, "rings_per_molecule": round(sum(counts.values()) / max(n, 1), 3), "top": rows}
+
+
+# -- MOSES-style property distributions ------------------------------------------------------------
+PROPERTY_NAMES = ("mw", "logp", "qed", "sa", "rings", "aromatic_rings")
+PROPERTY_LABELS = {"mw": "molecular weight (g/mol)", "logp": "Crippen logP", "qed": "QED (0-1, higher = more drug-like)",
+                   "sa": "SA score (1 = easy, 10 = hard)", "rings": "rings per molecule (SSSR)",
+                   "aromatic_rings": "aromatic rings per molecule"}
+PROPERTY_TITLES = {"mw": "molecular weight", "logp": "logP", "qed": "QED", "sa": "synthetic accessibility",
+                   "rings": "rings", "aromatic_rings": "aromatic rings"}
+RING_PROPERTIES = ("rings", "aromatic_rings")
+RING_BINS = 7   # shares of 0, 1, ..., 5 and 6+
+REFERENCE_SIZE, REFERENCE_SEED = 10_000, 0
+
+
+def molecule_properties(smiles) -> tuple[dict[str, np.ndarray], dict]:
+    """Per *valid* molecule (RDKit sanitisation, no valency correction; empty strings invalid):
+    average molecular weight, Crippen logP, QED, raw SA score (1-10), SSSR ring count and the
+    rings whose atoms are all aromatic. Returns ``({property: array}, counts)``; an invalid
+    SMILES is skipped and counted (``n_invalid``), as is a valid one a property fails on."""
+    from rdkit.Chem import Descriptors
+
+    from svdd.domains.molecules.chem import logp, mol_from_smiles, qed, sa_score
+
+    values: dict[str, list] = {k: [] for k in PROPERTY_NAMES}
+    n = invalid = failed = 0
+    for s in smiles:
+        n += 1
+        mol = mol_from_smiles(s)
+        if mol is None:
+            invalid += 1
+            continue
+        try:
+            row = {"mw": float(Descriptors.MolWt(mol)), "logp": logp(mol), "qed": qed(mol), "sa": sa_score(mol),
+                   "rings": mol.GetRingInfo().NumRings(), "aromatic_rings": aromatic_ring_count(mol)}
+        except Exception:   # RDKit descriptors can fail on exotic but sanitisable molecules
+            failed += 1
+            continue
+        for k, v in row.items():
+            values[k].append(v)
+    valid = n - invalid
+    counts = {"n": n, "n_valid": valid, "n_invalid": invalid, "n_property_failed": failed,
+              "validity": valid / n if n else float("nan")}
+    return {k: np.asarray(v, dtype=float) for k, v in values.items()}, counts
+
+
+def wasserstein_1d(a, b) -> float:
+    """1-D Wasserstein (earth mover's) distance between two samples; NaN when one is empty."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if a.size == 0 or b.size == 0:
+        return float("nan")
+    try:
+        from scipy.stats import wasserstein_distance
+    except ImportError:
+        return wasserstein_1d_numpy(a, b)
+    return float(wasserstein_distance(a, b))
+
+
+def wasserstein_1d_numpy(a, b) -> float:
+    """The same distance without scipy: the integral of |F_a - F_b| over the merged support."""
+    a, b = np.sort(np.asarray(a, dtype=float)), np.sort(np.asarray(b, dtype=float))
+    if a.size == 0 or b.size == 0:
+        return float("nan")
+    grid = np.sort(np.concatenate([a, b]))
+    cdf_a = np.searchsorted(a, grid[:-1], side="right") / a.size
+    cdf_b = np.searchsorted(b, grid[:-1], side="right") / b.size
+    return float(np.sum(np.abs(cdf_a - cdf_b) * np.diff(grid)))
+
+
+def ring_shares(counts) -> list[float]:
+    """Shares of molecules with 0, 1, ..., 5 and 6 or more rings."""
+    counts = np.asarray(counts, dtype=float)
+    if counts.size == 0:
+        return [float("nan")] * RING_BINS
+    hist = np.bincount(np.minimum(counts.astype(int), RING_BINS - 1), minlength=RING_BINS)
+    return [round(float(v), 4) for v in hist / counts.size]
+
+
+def property_summary(values, reference) -> dict:
+    """mean/std/n of one property's values, its Wasserstein distance to ``reference`` (None: none)."""
+    values = np.asarray(values, dtype=float)
+    out = {"n": int(values.size),
+           "mean": float(values.mean()) if values.size else float("nan"),
+           "std": float(values.std()) if values.size else float("nan")}
+    if reference is not None:
+        out["wasserstein_to_moses_test"] = wasserstein_1d(values, reference)
+    return out
+
+
+def moses_test_subset(size: int = REFERENCE_SIZE, seed: int = REFERENCE_SEED) -> tuple[list[str], str]:
+    """A fixed random subset of MOSES test (``load_moses``; the committed 2,000-molecule sample
+    when the molsets wheel cannot be had) and a description of it."""
+    from svdd.cache import DataError
+    from svdd.domains.base import DomainError
+    from svdd.domains.molecules import data as mdata
+
+    try:
+        test = mdata.load_moses("test")
+        what = f"MOSES test ({len(test):,})"
+    except (DomainError, DataError) as err:
+        test = mdata.load_sample()["test"]
+        what = f"committed MOSES test sample ({len(test):,}; full set unavailable: {err})"
+        print(f"svdd: {what}", file=sys.stderr)
+    idx = np.random.default_rng(seed).permutation(len(test))[:size]
+    return [test[i] for i in idx], f"{what}, {min(size, len(test)):,} drawn at random with seed {seed}"
+
+
+def read_smiles_csv(path: Path) -> list[str]:
+    import csv
+
+    with open(path, newline="") as fh:
+        reader = csv.DictReader(fh)
+        if "smiles" not in (reader.fieldnames or []):
+            raise SystemExit(f"{path}: no 'smiles' column (columns: {reader.fieldnames})")
+        return [row["smiles"] or "" for row in reader]
 
 
 def selfies_roles(tokens: list[str]) -> list[str]:
@@ -277,6 +402,163 @@ def cmd_table(args) -> None:
     print("\n".join(rows))
 
 
+RUG_BELOW = 200   # sources with fewer valid molecules also get one tick per molecule
+
+
+def _density(values, grid) -> np.ndarray:
+    """Gaussian kernel density of ``values`` on ``grid`` (Scott's bandwidth, as scipy's gaussian_kde)."""
+    values = np.asarray(values, dtype=float)
+    try:
+        from scipy.stats import gaussian_kde
+    except ImportError:
+        bw = values.std(ddof=1) * values.size ** (-0.2)
+        z = (grid[:, None] - values[None, :]) / bw
+        return np.exp(-0.5 * z ** 2).sum(1) / (values.size * bw * np.sqrt(2 * np.pi))
+    return gaussian_kde(values)(grid)
+
+
+def _fmt_w(v: float) -> str:
+    return "—" if v != v else (f"{v:.3g}" if abs(v) < 10 else f"{v:.1f}")
+
+
+def plot_properties(path: Path, reference: dict, sources: list[tuple[str, dict, dict]], ref_label: str) -> Path:
+    """2 x 3 panels: MOSES test filled grey, each source a line; ``sources``: (label, values, counts),
+    ``counts`` with ``n``, ``n_valid``, ``validity`` and optionally ``num_steps`` (sampler steps)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from svdd.runfolder import atomic_path
+
+    colours = plt.get_cmap("tab10").colors
+    fig, axes = plt.subplots(2, 3, figsize=(13.5, 7.6))
+    for ax, prop in zip(axes.flat, PROPERTY_NAMES):
+        ref = reference[prop]
+        ws = [f"{label} {_fmt_w(wasserstein_1d(vals[prop], ref))}" for label, vals, _ in sources]
+        if prop in RING_PROPERTIES:
+            x = np.arange(RING_BINS)
+            ax.bar(x, ring_shares(ref), width=0.8, color="0.75", edgecolor="0.55", label=ref_label)
+            for i, (label, vals, _) in enumerate(sources):
+                if vals[prop].size:
+                    ax.plot(x, ring_shares(vals[prop]), "o-", color=colours[i % 10], lw=1.8, ms=4)
+            ax.set_xticks(x, [str(v) for v in range(RING_BINS - 1)] + [f"{RING_BINS - 1}+"])
+            ax.set_ylabel("share of molecules")
+        else:
+            pooled = np.concatenate([ref] + [v[prop] for _, v, _ in sources if v[prop].size])
+            lo, hi = np.percentile(pooled, [0.5, 99.5])
+            if prop == "qed":
+                lo, hi = max(lo, 0.0), min(hi, 1.0)
+            bins = np.linspace(lo, hi, 41)
+            ax.hist(np.clip(ref, lo, hi), bins=bins, density=True, histtype="stepfilled", color="0.78",
+                    edgecolor="0.6")
+            grid = np.linspace(lo, hi, 300)
+            for i, (label, vals, _) in enumerate(sources):
+                v = vals[prop]
+                if v.size >= 2 and np.ptp(v) > 0:
+                    ax.plot(grid, _density(v, grid), color=colours[i % 10], lw=1.8)
+                if 0 < v.size < RUG_BELOW:   # few molecules: show where each one lies
+                    ax.plot(np.clip(v, lo, hi), np.zeros_like(v), "|", color=colours[i % 10], ms=12, mew=1.2,
+                            transform=ax.get_xaxis_transform(), clip_on=False)
+            ax.set_ylabel("density")
+        ax.set_xlabel(PROPERTY_LABELS[prop])
+        ax.set_title(PROPERTY_TITLES[prop], fontsize=10.5, pad=16)
+        ax.text(0.5, 1.015, "W\u2081 to MOSES test: " + ", ".join(ws), transform=ax.transAxes, ha="center",
+                va="bottom", fontsize=8.5, color="0.25")
+        ax.grid(alpha=0.25, lw=0.5)
+        ax.set_axisbelow(True)
+    from matplotlib.patches import Patch
+    from matplotlib.lines import Line2D
+
+    handles = [Patch(facecolor="0.78", edgecolor="0.6", label=ref_label)]
+    for i, (label, _, counts) in enumerate(sources):
+        handles.append(Line2D([], [], color=colours[i % 10], lw=1.8,
+                              label=f"{label}" + (f" ({counts['num_steps']} steps)" if counts.get("num_steps") else "")
+                                    + f": {counts['n_valid']:,} valid of {counts['n']:,} "
+                                    f"({100 * counts['validity']:.1f}%)"))
+    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 3), frameon=False, fontsize=9.5)
+    fig.suptitle("Property distributions of valid molecules: MOSES test as a normalised histogram, each source as "
+                 "a Gaussian kernel density\n(x axes span the 0.5-99.5 percentile range of all data, MOSES values "
+                 "outside it in the end bins; ticks on the axis: each molecule of a source with fewer than "
+                 f"{RUG_BELOW})", fontsize=10)
+    fig.tight_layout(rect=(0, 0.06, 1, 0.94))
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+    return path
+
+
+def cmd_properties(args) -> None:
+    from svdd.domains.molecules.chem import canonical_smiles
+    from svdd.runfolder import atomic_write_json
+
+    if not args.model_dirs and not args.smiles:
+        raise SystemExit("properties: give at least one MODEL_DIR or --smiles FILE")
+    labels = list(args.labels or [])
+    inputs = [("model", Path(d)) for d in args.model_dirs] + [("smiles", Path(f)) for f in args.smiles]
+    if labels and len(labels) != len(inputs):
+        raise SystemExit(f"properties: {len(labels)} --labels for {len(inputs)} sources")
+    ref_smiles, ref_what = moses_test_subset(args.reference_size, args.reference_seed)
+    t0 = time.time()
+    ref_vals, ref_counts = molecule_properties(ref_smiles)
+    print(f"reference: {ref_what}: {ref_counts} ({time.time() - t0:.0f} s)", flush=True)
+    sources, meta = [], {}
+    for i, (kind, path) in enumerate(inputs):
+        label = labels[i] if labels else (path.name if kind == "model" else path.stem)
+        rec: dict = {"kind": kind, "path": str(path)}
+        if kind == "model":
+            cfg = json.loads((path / "config.json").read_text())
+            proc, x0, wall = sample_model(path, args.num_samples, args.steps, args.seed)
+            smiles = proc.tokenizer.decode(x0)
+            rec.update({"num_samples": args.num_samples, "num_steps": args.steps, "seed": args.seed,
+                        "sampler": "ancestral", "sampling_wall_s": round(wall, 1),
+                        "trained_steps": cfg.get("trained_steps"),
+                        "representation": json.loads((path / "tokenizer.json").read_text()).get("type", "selfies")})
+        else:
+            smiles = read_smiles_csv(path)
+        t1 = time.time()
+        vals, counts = molecule_properties(smiles)
+        canon = {c for c in (canonical_smiles(s) for s in smiles) if c}
+        rec.update(counts, n_unique_valid=len(canon), properties_wall_s=round(time.time() - t1, 1))
+        meta[label] = rec
+        sources.append((label, vals, {**counts, "num_steps": rec.get("num_steps")}))
+        print(label, json.dumps(rec), flush=True)
+    props: dict = {}
+    for prop in PROPERTY_NAMES:
+        entry = {"moses_test": property_summary(ref_vals[prop], None)}
+        for label, vals, _ in sources:
+            entry[label] = property_summary(vals[prop], ref_vals[prop])
+        if prop in RING_PROPERTIES:
+            entry["share_bins"] = [str(v) for v in range(RING_BINS - 1)] + [f"{RING_BINS - 1}+"]
+            entry["moses_test"]["shares"] = ring_shares(ref_vals[prop])
+            for label, vals, _ in sources:
+                entry[label]["shares"] = ring_shares(vals[prop])
+        props[prop] = entry
+        print(prop, json.dumps(entry), flush=True)
+    figure = Path(args.figure)
+    out = {"name": args.name, "command": " ".join(sys.argv),
+           "moses_test": {"what": ref_what, "size": args.reference_size, "seed": args.reference_seed, **ref_counts},
+           "sources": meta,
+           "property_definitions": {
+               "mw": "average molecular weight, RDKit Descriptors.MolWt (g/mol)",
+               "logp": "Crippen logP, RDKit Crippen.MolLogP",
+               "qed": "QED, RDKit QED.qed",
+               "sa": "raw SA score in [1, 10], RDKit Contrib sascorer (svdd.domains.molecules.chem.sa_score)",
+               "rings": "SSSR ring count, RDKit RingInfo.NumRings",
+               "aromatic_rings": "rings whose atoms are all aromatic (RDKit perception)"},
+           "validity": "RDKit MolFromSmiles with sanitisation, no valency correction; empty strings invalid; "
+                       "properties are over the valid molecules (duplicates count)",
+           "wasserstein": "1-D Wasserstein distance between the valid samples and the MOSES test subset, in the "
+                          "property's units (scipy.stats.wasserstein_distance)",
+           "properties": props,
+           "figure": str(figure.resolve().relative_to(ROOT)) if figure.resolve().is_relative_to(ROOT) else str(figure)}
+    path = Path(args.out_dir or RESULTS) / f"properties-{args.name}.json"
+    atomic_write_json(path, out, indent=1)
+    print(f"wrote {path}")
+    ref_label = f"MOSES test ({ref_counts['n_valid']:,} random, seed {args.reference_seed})"
+    print(f"wrote {plot_properties(figure, ref_vals, sources, ref_label)}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -299,9 +581,25 @@ def main() -> None:
     tr.add_argument("--data", required=True)
     t = sub.add_parser("table")
     t.add_argument("--dir", default=str(RESULTS))
+    pr = sub.add_parser("properties", help="MOSES-style property distributions against MOSES test")
+    pr.add_argument("model_dirs", nargs="*", metavar="MODEL_DIR", help="model folders to sample")
+    pr.add_argument("--smiles", action="append", default=[], metavar="FILE",
+                    help="a CSV with a 'smiles' column (repeatable), e.g. an svdd sample samples.csv")
+    pr.add_argument("--labels", nargs="+", default=None,
+                    help="one legend label per source (model folders first, then --smiles files); "
+                         "default: the folder name / file stem")
+    pr.add_argument("--name", required=True)
+    pr.add_argument("--num-samples", type=int, default=2000)
+    pr.add_argument("--steps", type=int, default=32)
+    pr.add_argument("--seed", type=int, default=100)
+    pr.add_argument("--reference-size", type=int, default=REFERENCE_SIZE)
+    pr.add_argument("--reference-seed", type=int, default=REFERENCE_SEED)
+    pr.add_argument("--out-dir", default=None)
+    pr.add_argument("--figure", default=str(ROOT / "docs" / "figures" / "molecule_properties.png"))
     args = ap.parse_args()
     torch.set_num_threads(1)
-    {"diagnose": cmd_diagnose, "evaluate": cmd_evaluate, "train": cmd_train, "table": cmd_table}[args.cmd](args)
+    {"diagnose": cmd_diagnose, "evaluate": cmd_evaluate, "train": cmd_train, "table": cmd_table,
+     "properties": cmd_properties}[args.cmd](args)
 
 
 if __name__ == "__main__":
