@@ -68,10 +68,11 @@ def _diversity(rs: list[dict]) -> float | None:
 
 
 def _cells(rows: list[dict], stat: str = "median"):
-    """{reward: {budget_index: {method: (nfe, median (or mean), diversity, n, seeds, scored_on)}}}"""
+    """{reward: {budget: {method: (nfe, median (or mean), diversity, n, seeds, scored_on)}}}"""
     grouped = defaultdict(list)
-    for r in rows:
-        grouped[(r["reward"], r["budget_index"], r.get("variant") or r["method"])].append(r)
+    for r in rows:   # keyed by the budget itself (sortable), not budget_index, which moves if the list is edited
+        budget = tuple(sorted(r["budget"].items())) if isinstance(r.get("budget"), dict) else r["budget_index"]
+        grouped[(r["reward"], budget, r.get("variant") or r["method"])].append(r)
     out: dict = defaultdict(lambda: defaultdict(dict))
     for (reward, b, method), rs in grouped.items():
         pooled, on = [], None

@@ -15,7 +15,8 @@ def _module():
 
 
 def _row(method, budget_index, nfe, rewards, seed=0, eval_rewards=None):
-    return {"status": "ok", "reward": "r", "budget_index": budget_index, "method": method, "variant": method,
+    return {"status": "ok", "reward": "r", "budget_index": budget_index, "budget": {"nfe": [100, 300][budget_index]},
+            "method": method, "variant": method,
             "seed": seed, "actual": {"cost_per_sample": nfe}, "rewards": rewards,
             "eval_rewards": {"oracle": eval_rewards} if eval_rewards is not None else {},
             "metrics": {"diversity": 0.5}}
