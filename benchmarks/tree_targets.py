@@ -67,6 +67,21 @@ def _diversity(rs: list[dict]) -> float | None:
     return None
 
 
+def _missing_cells(suite: str, rows: list[dict], results: Path) -> int:
+    """How many cells the suite plans (``svdd.bench.plan_cells`` on the copy ``svdd bench`` keeps in the results
+    folder) have no finished run; 0 where the folder holds no suite copy (hand-made records)."""
+    copy = Path(results) / suite / "suite.yaml"
+    if not copy.exists():
+        return 0
+    import yaml
+
+    from svdd.bench import load_suite, plan_cells
+
+    data = yaml.safe_load(copy.read_text())
+    planned = {c["cell"] for c in plan_cells(load_suite({k: v for k, v in data.items() if not k.startswith("_")}))}
+    return len(planned - {r["cell"] for r in rows})
+
+
 def _cells(rows: list[dict], stat: str = "median"):
     """{reward: {budget: {method: (nfe, median (or mean), diversity, n, seeds, scored_on)}}}"""
     grouped = defaultdict(list)
@@ -99,8 +114,13 @@ def evaluate(results: Path = RESULTS) -> tuple[list[str], dict]:
             verdict[domain]["run"].append(False)
             lines.append(f"| {domain} | {suite} | – | – | not run | – | not run | – |")
             continue
-        verdict[domain]["run"].append(True)
         seeds = sorted({r["seed"] for r in rows})
+        missing = _missing_cells(suite, rows, results)
+        verdict[domain]["run"].append(not missing)
+        if missing:   # still running (or cells failed): shown, not counted
+            lines.append(f"| {domain} | {suite} | incomplete: {missing} of the suite's cells missing | – | not counted "
+                         f"| – | – | – |")
+            continue
         stat = STAT.get(suite, "median")
         for reward, budgets in sorted(_cells(rows, stat).items()):
             on = next(iter(next(iter(budgets.values())).values()))[5]
@@ -108,11 +128,11 @@ def evaluate(results: Path = RESULTS) -> tuple[list[str], dict]:
             per_budget, ok_a = [], True
             for b in sorted(budgets):
                 cell = budgets[b]
-                if "svdd-pm" not in cell:
-                    ok_a = False
-                    per_budget.append("svdd-pm missing")
-                    continue
                 tree = [(cell[m][1], m) for m in TREE if m in cell]
+                if "svdd-pm" not in cell or not tree:
+                    ok_a = False
+                    per_budget.append("svdd-pm missing" if tree else "no tree method run")
+                    continue
                 best_med, best = max(tree)
                 pm = cell["svdd-pm"][1]
                 ok_a &= best_med > pm
@@ -124,8 +144,7 @@ def evaluate(results: Path = RESULTS) -> tuple[list[str], dict]:
             ok_b = bool(reach) and reach[0][0] <= bon_nfe / 3
             first = (f"{reach[0][1]} at nfe {reach[0][0]:.0f} ({reach[0][0] / bon_nfe:.2f} of it)" if reach
                      else "no tree method reaches it")
-            nfes = "/".join(f"{budgets[b]['best-of-n'][0]:.0f}" if "best-of-n" in budgets[b] else "?"
-                            for b in sorted(budgets))
+            nfes = "/".join(str(dict(b).get("nfe", "?")) if isinstance(b, tuple) else str(b) for b in sorted(budgets))
             lines.append(f"| {domain} | {suite} ({len(seeds)} seeds) | {scored} | {nfes} | {'; '.join(per_budget)} | "
                          f"{'✓' if ok_a else '✗'} | {_fmt(bon_med)} at {bon_nfe:.0f}; {first} | "
                          f"{'✓' if ok_b else '✗'} |")
@@ -135,7 +154,7 @@ def evaluate(results: Path = RESULTS) -> tuple[list[str], dict]:
 
 
 def summary(verdict: dict) -> list[str]:
-    run = [d for d, v in verdict.items() if all(v["run"]) and v["A"]]
+    run = [d for d, v in verdict.items() if all(v["run"]) and v["A"]]   # every suite of the domain complete
     partial = [d for d, v in verdict.items() if not all(v["run"])]
     a = [d for d in run if all(verdict[d]["A"])]
     b = [d for d in run if all(verdict[d]["B"])]
