@@ -46,14 +46,23 @@ def test_targets_counted_per_domain_on_the_held_out_oracle(tmp_path):
         _row("best-of-n", 0, 100, [0.5]), _row("best-of-n", 1, 200, [1.5]),
     ])
     lines, verdict = m.evaluate(tmp_path)
-    assert verdict["dna"] == {"A": [True], "B": [True], "run": [True]}
-    assert verdict["rna"] == {"A": [False], "B": [False], "run": [True]}
+    assert verdict["dna"] == {"A": [True], "A_diverse": [True], "B": [True], "run": [True]}
+    assert verdict["rna"] == {"A": [False], "A_diverse": [False], "B": [False], "run": [True]}
     assert verdict["images"]["run"] == [False]
     dna = next(line for line in lines if line.startswith("| dna"))
     assert "r (oracle)" in dna and "treeg at nfe 100 (0.33 of it)" in dna
     text = "\n".join(m.summary(verdict))
     assert "**A** (some tree method's median above svdd-pm's at every budget): 1 of 5 domains (dna)" in text
     assert "missed" in text and "Not (fully) run, so not counted: toys, molecules, images." in text
+
+
+def test_a_win_by_a_collapsed_method_does_not_count_for_the_diversity_check(tmp_path):
+    m = _module()
+    collapsed = dict(_row("treeg", 0, 100, [2.0, 2.0]), metrics={"diversity": 0.1})   # < 0.8 x svdd-pm's 0.5
+    _write(tmp_path / "tree-dna", [_row("svdd-pm", 0, 100, [1.0, 1.5]), collapsed, _row("dsearch", 0, 100, [1.2, 1.4]),
+                                   _row("best-of-n", 0, 300, [5.0])])
+    _, verdict = m.evaluate(tmp_path)
+    assert verdict["dna"]["A"] == [True] and verdict["dna"]["A_diverse"] == [False]
 
 
 def test_ties_do_not_count_as_beating_svdd_pm(tmp_path):
