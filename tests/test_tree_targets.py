@@ -59,7 +59,7 @@ def test_targets_counted_per_domain_on_the_held_out_oracle(tmp_path):
 def test_a_win_by_a_collapsed_method_does_not_count_for_the_diversity_check(tmp_path):
     m = _module()
     collapsed = dict(_row("treeg", 0, 100, [2.0, 2.0]), metrics={"diversity": 0.1})   # < 0.8 x svdd-pm's 0.5
-    _write(tmp_path / "tree-dna", [_row("svdd-pm", 0, 100, [1.0, 1.5]), collapsed, _row("dsearch", 0, 100, [1.2, 1.4]),
+    _write(tmp_path / "tree-dna", [_row("svdd-pm", 0, 100, [1.0, 1.5]), collapsed, _row("dsearch", 0, 100, [1.0, 1.2]),
                                    _row("best-of-n", 0, 300, [5.0])])
     _, verdict = m.evaluate(tmp_path)
     assert verdict["dna"]["A"] == [True] and verdict["dna"]["A_diverse"] == [False]
