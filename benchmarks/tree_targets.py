@@ -40,7 +40,7 @@ SUITES = [("toys", "tree-toys"), ("toys", "tree-toys-masked"), ("molecules", "tr
 STAT = {"tree-toys-masked": "mean"}
 BEGIN, END = "<!-- tree-targets:begin -->", "<!-- tree-targets:end -->"
 DIVERSE_SHARE = 0.8   # A′: a win counts only if the winner keeps this share of svdd-pm's diversity
-DIVERSITY_KEYS = ("diversity", "internal_diversity", "moses_intdiv", "pairwise_distance")
+DIVERSITY_KEYS = ("diversity", "internal_diversity", "moses_intdiv", "diversity_features", "pairwise_distance")
 
 
 RESULTS = ROOT / "benchmarks" / "results"

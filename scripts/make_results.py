@@ -11,6 +11,7 @@ suite maps a reward to a paper task (see svdd.report.PAPER_REFERENCE).
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import sys
 from pathlib import Path
@@ -20,7 +21,8 @@ sys.path.insert(0, str(ROOT / "src"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 ORDER = ["toys-quick", "toys", "toys-quick-full", "svdd-m-sweep", "svdd-alpha-sweep", "toys-masked",
-         "molecules", "molecules-docking", "dna", "rna", "images", "images-flow"]
+         "molecules", "molecules-docking", "dna", "rna", "images", "images-dno-curve", "images-flow",
+         "tree-toys", "tree-toys-masked", "tree-molecules", "tree-dna", "tree-rna", "tree-images"]
 
 
 # The issues' acceptance targets, checked on the committed runs (pooled over seeds; medians and
@@ -229,6 +231,17 @@ def _summary_md(runs: list[Path]) -> list[str]:
     return lines
 
 
+def tree_targets_md(results_dir: Path) -> list[str]:
+    """Issue 17's cross-suite targets (benchmarks/tree_targets.py) on the same run folders."""
+    spec = importlib.util.spec_from_file_location("tree_targets", ROOT / "benchmarks" / "tree_targets.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    table, verdict = module.evaluate(results_dir)
+    return (["## Tree search targets (issue 17)", "",
+             "From `benchmarks/tree_targets.py` over the tree-* suites (details: docs/tree-search.md).", ""]
+            + module.summary(verdict) + [""] + table + [""])
+
+
 def _order(path: Path):
     name = path.name
     base = name[:-len("-quick")] if name.endswith("-quick") else name
@@ -260,6 +273,8 @@ def generate(results_dir: Path, docs_dir: Path, figures: bool = True) -> str:
         tmd = targets_md(p)
         if tmd:
             lines += [tmd, ""]
+    if any(p.name.startswith("tree-") for p in runs):
+        lines += tree_targets_md(results_dir)
     lines += ["## Published reference numbers", "",
               f"From {PAPER_CITATION} (median / top-10 % of the reward; final version unless noted). Their "
               "models and oracles differ from ours (GDSS on ZINC250k, MDLM with Enformer/ConvGRU oracles, "
