@@ -1,17 +1,12 @@
 """scripts/make_results.py: the issue-target checks read runs.jsonl and decide met / missed."""
 
-import importlib.util
 import json
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from script_loader import load_script
 
 
 def _module():
-    spec = importlib.util.spec_from_file_location("make_results", ROOT / "scripts" / "make_results.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("scripts/make_results.py")
 
 
 def _row(method, rewards, evals, diversity):

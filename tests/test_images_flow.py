@@ -5,7 +5,6 @@ default, and SVDD-PM steers it (compressibility above ancestral sampling)."""
 
 from __future__ import annotations
 
-import importlib.util
 import os
 from pathlib import Path
 
@@ -19,15 +18,13 @@ import svdd  # noqa: E402
 from svdd.domains import get_domain  # noqa: E402
 from svdd.domains.images import DIGITS_FLOW_PATH, load_digits_flow  # noqa: E402
 from svdd.process.schedules import FlowSchedule  # noqa: E402
+from script_loader import load_script  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _script(name):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(f"scripts/{name}.py")
 
 
 tf = _script("train_images_flow")
@@ -134,7 +131,4 @@ def test_throughput_script_runs_the_flow_transformers(tmp_path):
 
 
 def _script_from(path, name):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(str(Path(path).resolve()), name)

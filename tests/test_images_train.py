@@ -4,24 +4,19 @@ loadable DDPMPipeline — the GPU machine trains without diffusers and relies on
 
 from __future__ import annotations
 
-import importlib.util
 import os
-from pathlib import Path
 
 import pytest
 import torch
 
+from script_loader import load_script
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 diffusers = pytest.importorskip("diffusers")
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 def _script(name):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(f"scripts/{name}.py")
 
 
 ti = _script("train_images")

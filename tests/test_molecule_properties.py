@@ -1,10 +1,11 @@
 """The property and distance helpers of ``scripts/molecule_representation.py properties`` (real RDKit)."""
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+from script_loader import load_script
 
 pytest.importorskip("rdkit")
 
@@ -13,10 +14,7 @@ SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "molecule_representat
 
 @pytest.fixture(scope="module")
 def molrep():
-    spec = importlib.util.spec_from_file_location("molecule_representation", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(str(SCRIPT))
 
 
 def test_properties_of_known_molecules(molrep):

@@ -4,9 +4,7 @@ by name next to the old one."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -22,16 +20,13 @@ from svdd.domains.molecules import data  # noqa: E402
 from svdd.domains.molecules.tokenizer import (  # noqa: E402
     SelfiesTokenizer, SmilesTokenizer, load_tokenizer_file, smiles_variant, split_smiles)
 from svdd.nn import MaskedTransformer  # noqa: E402
+from script_loader import load_script  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
 NEW_MODEL = mol_domain.ASSETS / mol_domain.SMILES_MODEL_NAME
 
 
 def _script(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(f"scripts/{name}.py")
 
 
 def _aromatic_rings(mol) -> int:

@@ -1,21 +1,19 @@
 """scripts/reliability.py: the page is rendered from the probes' JSON files only, and its verdicts
 follow the counts (fast: no probe is run here)."""
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
+
+from script_loader import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def rel():
-    spec = importlib.util.spec_from_file_location("reliability_script", ROOT / "scripts" / "reliability.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("scripts/reliability.py", "reliability_script")
 
 
 def _probe(name, cases, counts, **extra):

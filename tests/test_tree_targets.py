@@ -1,17 +1,13 @@
 """benchmarks/tree_targets.py: issue 17's target arithmetic on hand-made run records (pure logic)."""
 
-import importlib.util
 import json
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from script_loader import load_script
 
 
 def _module():
-    spec = importlib.util.spec_from_file_location("tree_targets", ROOT / "benchmarks" / "tree_targets.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/tree_targets.py")
 
 
 def _row(method, budget_index, nfe, rewards, seed=0, eval_rewards=None):
