@@ -3,7 +3,9 @@
 MOSES train SMILES (from the molsets 0.3.1 wheel, cached with a checksum) are subsampled with a
 fixed seed (the whole 1.58 M set would be 76 MB of uint8 at length 48; the GPU job's inputs must
 stay under 25 MB), converted to SELFIES (``--representation selfies``, the default) or to RDKit's
-canonical aromatic SMILES (``--representation smiles``, regex atom tokens, length 56) and
+canonical aromatic SMILES (``--representation smiles``, regex atom tokens, length 56) or to
+SELFIES with byte-pair-merged fragment tokens (``--representation selfies-bpe``: merges learned
+on the first ``--bpe-learn`` train molecules up to ``--bpe-vocab`` ids, length 24) and
 tokenised to a fixed length. ``--random-smiles`` writes the *train* molecules as randomised
 SMILES instead (a random atom order per molecule, seeded by its index; valid/test stay
 canonical). Writes::
@@ -18,6 +20,7 @@ and refreshes the committed test subset ``src/svdd/domains/molecules/assets/mose
     python scripts/prepare_molecules.py --num-train 2000 --out /tmp/mol-smoke   # smoke test
     python scripts/prepare_molecules.py --representation smiles --no-sample      # .gpu-data/molecules-smiles
     python scripts/prepare_molecules.py --representation smiles --random-smiles --no-sample
+    python scripts/prepare_molecules.py --representation selfies-bpe --no-sample  # .gpu-data/molecules-selfies-bpe
 """
 
 from __future__ import annotations
@@ -34,7 +37,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from svdd.domains.molecules import data as mdata  # noqa: E402
-from svdd.domains.molecules.tokenizer import SelfiesTokenizer, SmilesTokenizer, smiles_variant, split_smiles  # noqa: E402
+from svdd.domains.molecules.tokenizer import (SelfiesBpeTokenizer, SelfiesTokenizer, SmilesTokenizer,  # noqa: E402
+                                              smiles_variant, split_smiles)
 
 
 def to_selfies(smiles_list):
@@ -63,22 +67,27 @@ def to_smiles(smiles_list, random: bool = False, offset: int = 0):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=None, help="default .gpu-data/molecules[-smiles[-random]]")
-    ap.add_argument("--representation", choices=("selfies", "smiles"), default="selfies")
+    ap.add_argument("--representation", choices=("selfies", "selfies-bpe", "smiles"), default="selfies")
+    ap.add_argument("--bpe-vocab", type=int, default=256, help="selfies-bpe: ids incl. [PAD] and [MASK] (<= 256)")
+    ap.add_argument("--bpe-learn", type=int, default=100_000, help="selfies-bpe: train molecules the merges are learned on")
     ap.add_argument("--random-smiles", action="store_true", help="train molecules as randomised SMILES")
     ap.add_argument("--num-train", type=int, default=480_000)
     ap.add_argument("--num-valid", type=int, default=10_000)
     ap.add_argument("--num-test", type=int, default=10_000)
-    ap.add_argument("--max-len", type=int, default=None, help="48 for SELFIES, 56 for SMILES")
+    ap.add_argument("--max-len", type=int, default=None, help="48 for SELFIES, 24 for SELFIES-BPE, 56 for SMILES")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-sample", action="store_true", help="do not rewrite the committed test subset")
     args = ap.parse_args()
-    smiles_rep = args.representation == "smiles"
+    smiles_rep, bpe = args.representation == "smiles", args.representation == "selfies-bpe"
     if args.random_smiles and not smiles_rep:
         raise SystemExit("svdd: error: --random-smiles needs --representation smiles")
+    if bpe and not 2 < args.bpe_vocab <= 256:
+        raise SystemExit("svdd: error: --bpe-vocab must be in 3..256 (token ids are stored as uint8)")
     if args.max_len is None:
-        args.max_len = 56 if smiles_rep else 48
+        args.max_len = {"smiles": 56, "selfies-bpe": 24}.get(args.representation, 48)
     if args.out is None:
-        args.out = str(ROOT / ".gpu-data" / ("molecules" + ("-smiles" if smiles_rep else "")
+        args.out = str(ROOT / ".gpu-data" / ("molecules" + ("" if args.representation == "selfies" else
+                                                            "-" + args.representation)
                                              + ("-random" if args.random_smiles else "")))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -96,6 +105,13 @@ def main():
         train_sf = to_smiles(train_smiles, random=args.random_smiles)
         lengths = np.array([len(split_smiles(s)) if s else 10**6 for s in train_sf])
         convert, Tok = to_smiles, SmilesTokenizer
+    elif bpe:
+        train_sf = to_selfies(train_smiles)
+        t1 = time.time()
+        tok = SelfiesBpeTokenizer.build([s for s in train_sf if s], args.max_len, args.bpe_vocab, args.bpe_learn)
+        print(f"learned {len(tok.merges)} merges on {args.bpe_learn} molecules in {time.time() - t1:.0f}s", flush=True)
+        lengths = np.array([len(tok.split(s)) if s else 10**6 for s in train_sf])
+        convert = to_selfies
     else:
         train_sf = to_selfies(train_smiles)
         import selfies as sf
@@ -108,7 +124,8 @@ def main():
     if coverage < 0.995:
         raise SystemExit(f"max_len {args.max_len} covers only {coverage:.3%} of train; raise --max-len")
     keep = [s for s, n in zip(train_sf, lengths) if n <= args.max_len]
-    tok = Tok.build(keep, args.max_len)
+    if not bpe:
+        tok = Tok.build(keep, args.max_len)
     tok.save(out / "tokenizer.json")
     print(f"vocabulary: {tok.vocab_size} tokens (incl. [PAD], [MASK])", flush=True)
 
@@ -130,6 +147,7 @@ def main():
         print(f"{name}: {arr.shape} ({arr.nbytes / 1e6:.1f} MB), dropped {counts[name]['dropped']}", flush=True)
     meta = {"source": f"molsets=={mdata.MOLSETS_VERSION} sha256={mdata.MOLSETS_SHA256}",
             "representation": args.representation, "random_smiles": args.random_smiles,
+            **({"bpe_learn": args.bpe_learn, "bpe_vocab": args.bpe_vocab} if bpe else {}),
             "num_train_total": len(train_all), "seed": args.seed, "max_len": args.max_len,
             "coverage_of_max_len": coverage, "counts": counts, "vocab_size": tok.vocab_size,
             "mask_id": tok.mask_id, "pad_id": tok.pad_id}

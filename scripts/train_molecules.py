@@ -22,7 +22,8 @@ step-numbered tensor files first, ``state.json`` last, so a reader always sees a
 
     model-<step>.safetensors   fp32 weights being trained
     ema-<step>.safetensors     fp32 EMA weights
-    optim-<step>.safetensors   AdamW moments and step counts, and both RNG states (batch draws, masks)
+    optim-<step>.safetensors   AdamW first moments and step counts, and both RNG states (batch draws, masks)
+    optimsq-<step>.safetensors AdamW second moments (a file of their own, so each file stays <= 20 MB)
     state.json                 step, history, settings, the files' SHA-256, the data's SHA-256
 
 and the EMA is exported as fp16 ``--export`` (config.json, model.safetensors, tokenizer.json),
@@ -145,21 +146,25 @@ class Trainer:
     # -- state as tensors (safetensors) + JSON ----------------------------------------------------
     def tensor_state(self) -> dict[str, dict[str, torch.Tensor]]:
         optim: dict[str, torch.Tensor] = {}
+        optim_sq: dict[str, torch.Tensor] = {}   # second moments in a file of their own: each file stays <= 20 MB
         for i, p in enumerate(self.model.parameters()):
             st = self.opt.state.get(p)
             if st:
                 optim[f"exp_avg.{i}"] = st["exp_avg"]
-                optim[f"exp_avg_sq.{i}"] = st["exp_avg_sq"]
+                optim_sq[f"exp_avg_sq.{i}"] = st["exp_avg_sq"]
                 optim[f"step.{i}"] = torch.as_tensor(st["step"], dtype=torch.float32).reshape(1)
         optim["rng.batch"] = self.gen.get_state()
         optim["rng.mask"] = self.dev_gen.get_state().cpu()
         cpu = lambda sd: {k: v.detach().cpu().contiguous() for k, v in sd.items()}  # noqa: E731
-        return {"model": cpu(self.model.state_dict()), "ema": cpu(self.ema.state_dict()), "optim": cpu(optim)}
+        out = {"model": cpu(self.model.state_dict()), "ema": cpu(self.ema.state_dict()), "optim": cpu(optim)}
+        if optim_sq:
+            out["optimsq"] = cpu(optim_sq)
+        return out
 
     def load_tensor_state(self, state: dict[str, dict[str, torch.Tensor]], step: int, history: list) -> None:
         self.model.load_state_dict(state["model"])
         self.ema.load_state_dict(state["ema"])
-        optim = state["optim"]
+        optim = {**state["optim"], **state.get("optimsq", {})}   # checkpoints before the split: all in "optim"
         for i, p in enumerate(self.model.parameters()):
             if f"exp_avg.{i}" in optim:
                 self.opt.state[p] = {"step": torch.tensor(float(optim[f"step.{i}"][0])),

@@ -123,7 +123,8 @@ def test_checkpoint_resume_restores_identical_state(tmp_path):
     first.train_step(), first.train_step()
     tm.save_checkpoint(tmp_path / "ckpt", first, {"dim": 16})
     files = sorted(p.name for p in (tmp_path / "ckpt").iterdir())
-    assert files == ["ema-0000002.safetensors", "model-0000002.safetensors", "optim-0000002.safetensors", "state.json"]
+    assert files == ["ema-0000002.safetensors", "model-0000002.safetensors", "optim-0000002.safetensors",
+                     "optimsq-0000002.safetensors", "state.json"]
     state, tensors = tm.load_checkpoint(tmp_path / "ckpt")
     assert state["step"] == 2 and all(f["bytes"] <= 20e6 for f in state["files"].values())
 
@@ -131,9 +132,14 @@ def test_checkpoint_resume_restores_identical_state(tmp_path):
     resumed.load_tensor_state(tensors, state["step"], state["history"])
     resumed_losses = [resumed.train_step() for _ in range(2)]
     assert resumed_losses == losses[2:]
-    for kind in ("model", "ema", "optim"):
+    for kind in ("model", "ema", "optim", "optimsq"):
         a, b = straight.tensor_state()[kind], resumed.tensor_state()[kind]
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), kind
+    # a checkpoint from before the second moments had their own file (all in "optim") resumes the same
+    legacy = {"model": tensors["model"], "ema": tensors["ema"], "optim": {**tensors["optim"], **tensors["optimsq"]}}
+    old_style = _trainer(tm, seed=0)
+    old_style.load_tensor_state(legacy, state["step"], state["history"])
+    assert [old_style.train_step() for _ in range(2)] == losses[2:]
     # a fresh (un-resumed) trainer differs: the test can fail
     fresh = _trainer(tm)
     fresh.train_step(), fresh.train_step()

@@ -28,13 +28,15 @@ from torch import Tensor
 from ..base import Domain, DomainError
 from .chem import PROPERTIES, PropertyReward, canonical_smiles, mol_from_smiles
 from .fetch import prefetch
-from .tokenizer import SelfiesTokenizer, SmilesTokenizer, load_tokenizer_file
+from .tokenizer import SelfiesBpeTokenizer, SelfiesTokenizer, SmilesTokenizer, load_tokenizer_file
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 MODEL_NAME = "moses-selfies"
 MODEL_DIR = ASSETS / MODEL_NAME
 # aromatic SMILES tokens (issue 18; docs/molecules.md "Representation"), resumable training
 SMILES_MODEL_NAME = "moses-smiles"
+# SELFIES with byte-pair-merged fragment tokens (issue 18; docs/molecules.md "Fragment tokens")
+BPE_MODEL_NAME = "moses-selfies-bpe"
 DEFAULT_NUM_STEPS = 32
 _ACTIVE: dict = {}   # the tokenizer of the model loaded last (what decode and rewards default to)
 
@@ -231,7 +233,8 @@ REWARDS["surrogate"] = (_surrogate_factory, "differentiable CNN surrogate of qed
 DOMAIN = Domain(
     name="molecules",
     description="small molecules: masked diffusion over SELFIES trained on MOSES (ZINC), RDKit and Vina rewards",
-    models={MODEL_NAME: load_model, SMILES_MODEL_NAME: _load_named(SMILES_MODEL_NAME)},
+    models={MODEL_NAME: load_model, SMILES_MODEL_NAME: _load_named(SMILES_MODEL_NAME),
+            BPE_MODEL_NAME: _load_named(BPE_MODEL_NAME)},
     default_model=MODEL_NAME,
     rewards=REWARDS,
     default_reward="qed",
@@ -247,5 +250,5 @@ DOMAIN = Domain(
 )
 
 __all__ = ["DOMAIN", "load_model", "load_tokenizer", "active_tokenizer", "decode", "SelfiesTokenizer",
-           "SmilesTokenizer", "PropertyReward", "MoleculeValueNet",
+           "SelfiesBpeTokenizer", "SmilesTokenizer", "PropertyReward", "MoleculeValueNet",
            "value_network"]

@@ -1,5 +1,6 @@
-"""Tokenizers for masked diffusion over molecules: SELFIES (``SelfiesTokenizer``) and aromatic
-SMILES (``SmilesTokenizer``, regex atom tokens; described at its class).
+"""Tokenizers for masked diffusion over molecules: SELFIES (``SelfiesTokenizer``), SELFIES with
+byte-pair-merged fragment tokens (``SelfiesBpeTokenizer``) and aromatic SMILES
+(``SmilesTokenizer``, regex atom tokens); the last two are described at their classes.
 
 SELFIES: a SMILES string is converted to SELFIES (Krenn et al. 2020), split into its bracket tokens and
 mapped to ids over a fixed vocabulary::
@@ -218,7 +219,115 @@ class SmilesTokenizer(_Vocabulary):
         return self._join(ids)
 
 
-TOKENIZERS = {"selfies": SelfiesTokenizer, "smiles": SmilesTokenizer}
+# -- SELFIES with merged fragment tokens ----------------------------------------------------------
+def learn_bpe_merges(sequences: Iterable[Sequence[str]], num_merges: int) -> list[tuple[str, str]]:
+    """Byte-pair encoding (Sennrich et al. 2016) over symbol sequences: repeatedly merge the most
+    frequent adjacent pair into one symbol, ``num_merges`` times (fewer if no pair occurs twice).
+    Ties go to the pair that sorts first, so the merges are a function of the data alone."""
+    from collections import Counter, defaultdict
+
+    words = [list(w) for w in sequences]
+    counts: Counter = Counter()
+    where: dict[tuple[str, str], set[int]] = defaultdict(set)
+    for i, w in enumerate(words):
+        for pair in zip(w, w[1:]):
+            counts[pair] += 1
+            where[pair].add(i)
+    merges: list[tuple[str, str]] = []
+    while len(merges) < num_merges and counts:
+        best_n = max(counts.values())
+        if best_n < 2:
+            break
+        pair = min(p for p, n in counts.items() if n == best_n)
+        merged = pair[0] + pair[1]
+        merges.append(pair)
+        for i in sorted(where.pop(pair, ())):
+            w = words[i]
+            for p in zip(w, w[1:]):
+                counts[p] -= 1
+                if counts[p] == 0:
+                    del counts[p]
+            words[i] = w = _merge_pair(w, pair, merged)
+            for p in zip(w, w[1:]):
+                counts[p] += 1
+                where[p].add(i)
+        counts.pop(pair, None)
+    return merges
+
+
+def _merge_pair(symbols: list[str], pair: tuple[str, str], merged: str) -> list[str]:
+    out, i = [], 0
+    while i < len(symbols):
+        if i + 1 < len(symbols) and symbols[i] == pair[0] and symbols[i + 1] == pair[1]:
+            out.append(merged)
+            i += 2
+        else:
+            out.append(symbols[i])
+            i += 1
+    return out
+
+
+class SelfiesBpeTokenizer(SelfiesTokenizer):
+    """SELFIES whose frequent runs of symbols are merged into one token by byte-pair encoding::
+
+        id 0            [PAD]
+        ids 1 .. B      the SELFIES symbols of the training set (sorted)
+        ids B+1 ..      merged tokens, in merge order (e.g. benzene, [C][=C][C][=C][C][=C][Ring1][=Branch1])
+        id V-1          [MASK]
+
+    A token is a string of whole SELFIES symbols, so any id sequence still joins into a SELFIES
+    string and decodes to a valid molecule. What changes is what the model has to get right: a
+    common ring, with its alternating double bonds and its ring-closure index, is one token
+    instead of eight positions that must agree (docs/molecules.md, "Representation"), and
+    sequences are about three times shorter. ``encode`` applies the merges in rank order, as
+    BPE does."""
+
+    label = "SELFIES-BPE"
+
+    def __init__(self, tokens: Sequence[str], max_len: int, merges: Sequence[Sequence[str]]):
+        super().__init__(tokens, max_len)
+        self.merges = [tuple(m) for m in merges]
+        self.rank = {m: r for r, m in enumerate(self.merges)}
+        missing = [a + b for a, b in self.merges if a + b not in self.index]
+        if missing:
+            raise ValueError(f"merged tokens {missing[:3]} are not in the vocabulary")
+
+    @classmethod
+    def build(cls, selfies_strings: Iterable[str], max_len: int, vocab_size: int = 256,
+              num_learn: int | None = None) -> "SelfiesBpeTokenizer":
+        """Symbols of all ``selfies_strings``; merges learned on the first ``num_learn`` of them
+        until the vocabulary (with [PAD] and [MASK]) has ``vocab_size`` ids."""
+        sf = _selfies()
+        seqs = [list(sf.split_selfies(s)) for s in selfies_strings]
+        base = sorted({t for q in seqs for t in q} - {PAD, MASK})
+        merges = learn_bpe_merges(seqs[:num_learn] if num_learn else seqs, vocab_size - 2 - len(base))
+        return cls([PAD, *base, *(a + b for a, b in merges), MASK], max_len, merges)
+
+    @classmethod
+    def load(cls, path: str | Path):
+        meta = json.loads(Path(path).read_text())
+        return cls(meta["tokens"], meta["max_len"], meta["merges"])
+
+    def to_dict(self) -> dict:
+        return {"type": "selfies-bpe", "tokens": self.tokens, "merges": [list(m) for m in self.merges],
+                "max_len": self.max_len}
+
+    def split(self, selfies_string: str) -> list[str]:
+        """The merged tokens of a SELFIES string: the lowest-ranked adjacent pair is merged, until none is left."""
+        symbols = list(_selfies().split_selfies(selfies_string))
+        while len(symbols) > 1:
+            ranked = [(self.rank.get(p, len(self.rank)), j) for j, p in enumerate(zip(symbols, symbols[1:]))]
+            r, _ = min(ranked)
+            if r == len(self.rank):
+                break
+            symbols = _merge_pair(symbols, self.merges[r], self.merges[r][0] + self.merges[r][1])
+        return symbols
+
+    def encode_selfies(self, selfies_string: str) -> list[int]:
+        return self._ids(self.split(selfies_string))
+
+
+TOKENIZERS = {"selfies": SelfiesTokenizer, "selfies-bpe": SelfiesBpeTokenizer, "smiles": SmilesTokenizer}
 
 
 def load_tokenizer_file(path: str | Path):
@@ -227,4 +336,4 @@ def load_tokenizer_file(path: str | Path):
     kind = meta.get("type", "selfies")
     if kind not in TOKENIZERS:
         raise DomainError(f"{path}: unknown tokenizer type {kind!r}; expected one of {sorted(TOKENIZERS)}")
-    return TOKENIZERS[kind](meta["tokens"], meta["max_len"])
+    return TOKENIZERS[kind].load(path)

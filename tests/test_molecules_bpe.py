@@ -1,0 +1,139 @@
+"""SELFIES with byte-pair-merged fragment tokens (issue 18): the BPE learner is exact (incremental
+counts equal a from-scratch recount every merge), the encoder matches Hugging Face ``tokenizers``'
+BPE given the same merges, MOSES molecules round-trip with their aromatic rings, whole rings
+become single tokens, and any id sequence still decodes to a valid molecule."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+
+import pytest
+import torch
+
+pytest.importorskip("rdkit")
+pytest.importorskip("selfies")
+
+import selfies as sf  # noqa: E402
+from rdkit import Chem  # noqa: E402
+from rdkit.Chem import rdMolDescriptors  # noqa: E402
+
+from svdd.domains import DomainError  # noqa: E402
+from svdd.domains.molecules import data  # noqa: E402
+from svdd.domains.molecules.tokenizer import (  # noqa: E402
+    SelfiesBpeTokenizer, learn_bpe_merges, load_tokenizer_file)
+
+BENZENE = "[C][=C][C][=C][C][=C][Ring1][=Branch1]"
+
+
+def _naive_merges(seqs, n):
+    """Reference BPE: recount every pair from scratch before each merge, same tie rule."""
+    words, merges = [list(w) for w in seqs], []
+    for _ in range(n):
+        counts = Counter(p for w in words for p in zip(w, w[1:]))
+        if not counts or max(counts.values()) < 2:
+            break
+        best = max(counts.values())
+        pair = min(p for p, c in counts.items() if c == best)
+        merges.append(pair)
+        new = []
+        for w in words:
+            out, i = [], 0
+            while i < len(w):
+                if i + 1 < len(w) and (w[i], w[i + 1]) == pair:
+                    out.append(w[i] + w[i + 1])
+                    i += 2
+                else:
+                    out.append(w[i])
+                    i += 1
+            new.append(out)
+        words = new
+    return merges
+
+
+@pytest.fixture(scope="module")
+def molecules():
+    s = data.load_sample()
+    return list(s["train"]) + list(s["test"])
+
+
+@pytest.fixture(scope="module")
+def tok(molecules):
+    return SelfiesBpeTokenizer.build([sf.encoder(s) for s in molecules[:1500]], 32, vocab_size=160)
+
+
+def test_bpe_learner_on_a_hand_counted_corpus():
+    # (a,b) occurs 3 times, everything else once: one merge, then no pair repeats
+    assert learn_bpe_merges([["a", "b", "a", "b"], ["a", "b", "c"]], 10) == [("a", "b")]
+    # ties go to the pair that sorts first: (x,y) and (y,z) both twice -> (x,y) first
+    assert learn_bpe_merges([["x", "y", "z"], ["x", "y", "z"]], 1) == [("x", "y")]
+    # overlapping runs merge left to right, as the encoder does: a a a -> aa a
+    assert learn_bpe_merges([["a", "a", "a"], ["a", "a", "a"]], 5) == [("a", "a"), ("aa", "a")]
+
+
+def test_incremental_bpe_equals_recounting_from_scratch():
+    rng = random.Random(0)
+    for trial in range(5):
+        seqs = [[rng.choice("abcd") for _ in range(rng.randint(1, 12))] for _ in range(60)]
+        assert learn_bpe_merges(seqs, 25) == _naive_merges(seqs, 25), trial
+
+
+def test_round_trip_keeps_every_molecule_and_its_aromatic_rings(tok, molecules):
+    held_out = molecules[2000:2600]          # the committed test part: not used to learn the merges
+    ids = tok.encode(held_out)
+    assert ids.shape == (len(held_out), 32) and not (ids == tok.mask_id).any()
+    for s, b in zip(held_out, tok.decode(ids)):
+        m0, m1 = Chem.MolFromSmiles(s), Chem.MolFromSmiles(b)
+        assert Chem.MolToSmiles(m1) == Chem.MolToSmiles(m0)
+        assert rdMolDescriptors.CalcNumAromaticRings(m1) == rdMolDescriptors.CalcNumAromaticRings(m0)
+    # sequences are much shorter than plain SELFIES (~35 symbols for a MOSES molecule)
+    plain = [len(list(sf.split_selfies(sf.encoder(s)))) for s in held_out]
+    merged = [len(tok.split(sf.encoder(s))) for s in held_out]
+    assert sum(merged) < 0.5 * sum(plain)
+
+
+def test_a_benzene_ring_is_one_token(tok):
+    assert BENZENE in tok.index
+    assert tok.split(sf.encoder("c1ccccc1")) == [BENZENE]
+    mol = Chem.MolFromSmiles(tok.decode_one([tok.index[BENZENE]]))
+    assert rdMolDescriptors.CalcNumAromaticRings(mol) == 1
+
+
+def test_any_id_sequence_decodes_to_a_valid_molecule(tok):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, tok.vocab_size, (200, tok.max_len), generator=g)
+    out = tok.decode(x)
+    assert all(s and Chem.MolFromSmiles(s) is not None for s in out)
+
+
+def test_save_load_dispatch_and_errors(tok, tmp_path):
+    tok.save(tmp_path / "tokenizer.json")
+    again = load_tokenizer_file(tmp_path / "tokenizer.json")
+    assert isinstance(again, SelfiesBpeTokenizer)
+    assert again.tokens == tok.tokens and again.merges == tok.merges and again.max_len == tok.max_len
+    with pytest.raises(DomainError, match="vocabulary"):
+        tok.encode("C[Se]C")
+    paracetamol = "CC(=O)Nc1ccc(O)cc1"
+    n = len(tok.split(sf.encoder(paracetamol)))
+    short = SelfiesBpeTokenizer(tok.tokens, n - 1, tok.merges)
+    with pytest.raises(DomainError, match=f"at most {n - 1}"):
+        short.encode(paracetamol)
+    with pytest.raises(ValueError, match="not in the vocabulary"):
+        SelfiesBpeTokenizer(["[PAD]", "[C]", "[MASK]"], 8, [["[C]", "[C]"]])
+
+
+def test_encoder_matches_hugging_face_bpe_with_the_same_merges(tok, molecules):
+    tokenizers = pytest.importorskip("tokenizers")
+    base = [t for t in tok.tokens[1:-1] if t.count("[") == 1]
+    char = {t: chr(0xE000 + i) for i, t in enumerate(base)}
+
+    def to_chars(token):
+        return "".join(char[s] for s in sf.split_selfies(token))
+
+    vocab = {to_chars(t): i for i, t in enumerate(tok.tokens[1:-1])}
+    merges = [(to_chars(a), to_chars(b)) for a, b in tok.merges]
+    hf = tokenizers.Tokenizer(tokenizers.models.BPE(vocab=vocab, merges=merges))
+    for s in molecules[2000:2400]:
+        selfies = sf.encoder(s)
+        want = hf.encode(to_chars(selfies)).tokens
+        assert [to_chars(t) for t in tok.split(selfies)] == want
