@@ -137,3 +137,48 @@ def test_encoder_matches_hugging_face_bpe_with_the_same_merges(tok, molecules):
         selfies = sf.encoder(s)
         want = hf.encode(to_chars(selfies)).tokens
         assert [to_chars(t) for t in tok.split(selfies)] == want
+
+
+# -- the shipped fragment-token model ----------------------------------------------------------------
+@pytest.fixture
+def bpe_process():
+    from svdd.domains import get_domain
+    from svdd.domains import molecules as mol_domain
+
+    if not (mol_domain.ASSETS / mol_domain.BPE_MODEL_NAME / "model.safetensors").exists():
+        pytest.skip("moses-selfies-bpe weights not shipped in this checkout")
+    yield get_domain("molecules").load_process(mol_domain.BPE_MODEL_NAME)
+    mol_domain._ACTIVE.clear()      # loading a model sets the active tokenizer; restore the default
+
+
+def test_fragment_model_loads_by_name_and_samples_valid_molecules(bpe_process):
+    import svdd
+    from svdd.domains import get_domain
+    from svdd.domains import molecules as mol_domain
+
+    dom = get_domain("molecules")
+    assert mol_domain.BPE_MODEL_NAME in dom.models and dom.default_model == "moses-selfies"
+    assert isinstance(bpe_process.tokenizer, SelfiesBpeTokenizer) and bpe_process.seq_len == 24
+    folder = mol_domain.ASSETS / mol_domain.BPE_MODEL_NAME
+    assert all(p.stat().st_size <= 20e6 for p in folder.iterdir())
+    res = svdd.sample(bpe_process, lambda x: torch.zeros(x.shape[0]), method="ancestral", num_samples=16,
+                      num_steps=16, generator=torch.Generator().manual_seed(0))
+    smiles = dom.decode(res.x0)              # decodes with the model loaded last
+    assert all(s and Chem.MolFromSmiles(s) is not None for s in smiles)   # SELFIES: valid by construction
+    # (aromatic share, FCD and the rest are model quality, measured in docs/molecules.md)
+
+
+def test_values_and_surrogates_of_another_model_are_refused_in_one_line(bpe_process):
+    from svdd.domains import get_domain
+    from svdd.domains import molecules as mol_domain
+    from svdd.values.learned import ValueLoadError, check_value_fits, load_value
+
+    shipped = mol_domain.ASSETS / "value-qed"          # fitted on moses-selfies (28 ids, length 48)
+    value = load_value(shipped)
+    with pytest.raises(ValueLoadError, match="vocab_size 28 .*this model has vocab_size 256"):
+        check_value_fits(value, bpe_process, shipped)
+    with pytest.raises(DomainError, match="surrogate:qed reads 28 token ids"):
+        get_domain("molecules").make_reward("surrogate:qed")
+    mol_domain._ACTIVE.clear()
+    check_value_fits(value, get_domain("molecules").load_process(), shipped)    # its own model: fine
+    assert get_domain("molecules").make_reward("surrogate:qed") is not None

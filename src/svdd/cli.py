@@ -200,7 +200,10 @@ def _load(args):
 def _shipped_value(domain, model: str, reward: str):
     """A value network the domain ships for this model and reward (``extra['values']``), if any."""
     values = domain.extra.get("values") or {}
-    for key in (f"{model}/{reward}", reward):
+    keys = [f"{model}/{reward}"]
+    if model == domain.default_model:   # a value keyed by the reward alone belongs to the default model
+        keys.append(reward)
+    for key in keys:
         if key in values and Path(values[key]).exists():
             return Path(values[key])
     return None
@@ -661,22 +664,26 @@ def _sample_in_folder(args, spec, out: Path) -> int:
     value_cost = None
     if args.value:
         from .plugins import is_import_path, load_user_value
-        from .values.learned import load_value
+        from .values.learned import check_value_fits, load_value
 
         if is_import_path(args.value) and not Path(args.value).exists():
             value = load_user_value(args.value, process)
         else:
             value = load_value(args.value, device=device)
+            check_value_fits(value, process, args.value)
         kwargs["value_fn"] = value
         value_cost = getattr(value, "meta", {}).get("cost")
     elif spec.needs_value:
-        shipped = _shipped_value(domain, args.model or domain.default_model, args.reward or domain.default_reward)
+        model_name = args.model or domain.default_model
+        shipped = _shipped_value(domain, model_name, args.reward or domain.default_reward)
         if shipped is None:
-            raise UserError(f"{args.method} needs --value PATH (fit one with `svdd fit-value`), or use svdd-pm")
-        from .values.learned import load_value
+            raise UserError(f"{args.method} needs --value PATH (fit one with `svdd fit-value`; the {args.domain} pack "
+                            f"ships none for model {model_name!r} and this reward), or use svdd-pm")
+        from .values.learned import check_value_fits, load_value
 
         args.value = str(shipped)
         value = load_value(shipped, device=device)
+        check_value_fits(value, process, shipped)
         kwargs["value_fn"] = value
         value_cost = value.meta.get("cost")
 

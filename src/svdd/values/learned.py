@@ -179,6 +179,20 @@ def read_value_meta(path: str | Path) -> dict:
     return meta
 
 
+def check_value_fits(value, process, path: str | Path = "the value") -> None:
+    """Raise ``ValueLoadError`` when a fitted value reads token sequences of another shape than
+    ``process`` samples (its network's ``vocab_size`` / ``seq_len`` against the process's): a value
+    fitted on one model's tokens scores another model's nonsense, or fails deep in its forward."""
+    config = getattr(getattr(value, "network", None), "config", None) or {}
+    for key, have in (("vocab_size", getattr(process, "vocab_size", None)), ("seq_len", getattr(process, "seq_len", None))):
+        want = config.get(key)
+        if want is not None and have is not None and int(want) != int(have):
+            fitted = (getattr(value, "meta", {}) or {}).get("model")
+            raise ValueLoadError(f"{path} was fitted on sequences with {key} {want}{f' (model {fitted})' if fitted else ''}, "
+                                 f"but this model has {key} {have}; fit a value for this model with `svdd fit-value` "
+                                 "and pass it with --value, or use svdd-pm")
+
+
 def load_value(path: str | Path, device: str | torch.device = "cpu") -> LearnedValue:
     """A fitted value saved by ``LearnedValue.save``. A missing, damaged or mismatched folder
     (JSON, network configuration, weights) raises ``ValueLoadError``; nothing is unpickled."""

@@ -222,7 +222,13 @@ def _surrogate_factory(arg: Optional[str] = None, device: str = "cpu", **_):
 
     if arg not in SURROGATES:
         raise DomainError(f"name the surrogate's property, one of {', '.join(SURROGATES)} (e.g. surrogate:qed)")
-    return SurrogateReward(arg, device=device)
+    reward = SurrogateReward(arg, device=device)
+    tok, config = active_tokenizer(), reward.net.config
+    if (config["vocab_size"], config["seq_len"]) != (tok.vocab_size, tok.max_len):
+        raise DomainError(f"surrogate:{arg} reads {config['vocab_size']} token ids of length {config['seq_len']} (the "
+                          f"{MODEL_NAME} model's); the loaded model has {tok.vocab_size} ids of length {tok.max_len}. "
+                          f"Use --model {MODEL_NAME} for DPS, or svdd-pm with the RDKit reward {arg!r}")
+    return reward
 
 
 REWARDS = {name: (_property_factory(name), desc) for name, (_, _, desc) in PROPERTIES.items()}
@@ -245,6 +251,7 @@ DOMAIN = Domain(
     write_files=write_files,
     sample_column="smiles",
     prefetch=prefetch,
+    # fitted on moses-selfies samples: a key without a model name belongs to the default model only
     extra={"values": {"qed": ASSETS / "value-qed", "sa": ASSETS / "value-sa"}, "pyproject_extra": "molecules",
            "value_network": value_network},
 )
