@@ -22,6 +22,10 @@ Subcommands (results as JSON in ``benchmarks/results/molecule-representation/``)
 
 ``table``  the markdown table of every ``evaluate`` JSON in the results folder.
 
+``curves LABEL=PATH ... --name NAME``  validation NELBO per molecule against training molecules seen,
+    from each run's ``state.json`` / ``train.json``; JSON ``curves-NAME.json``, figure
+    ``docs/figures/molecule_learning_curves.png``.
+
 ``properties [MODEL_DIR ...] [--smiles CSV ...] --name NAME``  MOSES-style property distributions
     of one or more sources (a model folder, sampled ancestrally with ``--num-samples``/``--steps``/
     ``--seed``; or a CSV with a ``smiles`` column, e.g. an ``svdd sample`` samples.csv) next to a
@@ -34,6 +38,7 @@ Subcommands (results as JSON in ``benchmarks/results/molecule-representation/``)
     python scripts/molecule_representation.py train selfies --data .gpu-data/molecules
     python scripts/molecule_representation.py train smiles --data .gpu-data/molecules-smiles
     python scripts/molecule_representation.py train smiles-random --data .gpu-data/molecules-smiles-random
+    python scripts/molecule_representation.py train selfies-bpe --data .gpu-data/molecules-selfies-bpe
     python scripts/molecule_representation.py diagnose --model-dir src/svdd/domains/molecules/assets/moses-selfies
     python scripts/molecule_representation.py evaluate runs/rep/smiles/moses-smiles --steps 32 --num-samples 2000 \\
         --name smiles-canonical
@@ -559,6 +564,58 @@ def cmd_properties(args) -> None:
     print(f"wrote {plot_properties(figure, ref_vals, sources, ref_label)}")
 
 
+def learning_curve(path: Path) -> dict:
+    """Validation NELBO per molecule against steps and molecules seen, from a training run's
+    ``state.json`` (resumable runs) or ``train.json`` (fixed-budget runs)."""
+    meta = json.loads(Path(path).read_text())
+    settings = meta.get("settings") or meta.get("args") or {}
+    if "seq_len" in settings:
+        seq_len = settings["seq_len"]
+    else:  # a fixed-budget train.json: the length is in the exported model's config, beside it or in moses-selfies/
+        folder = Path(path).parent
+        config = folder / "config.json" if (folder / "config.json").exists() else folder / "moses-selfies" / "config.json"
+        seq_len = json.loads(config.read_text())["config"]["seq_len"]
+    batch = settings["batch_size"]
+    points = [h for h in meta["history"] if h.get("valid_nelbo_per_token") is not None]
+    return {"source": str(path), "seq_len": seq_len, "batch_size": batch,
+            "dim": settings.get("dim"), "depth": settings.get("depth"),
+            "step": [h["step"] for h in points], "molecules_seen": [h["step"] * batch for h in points],
+            "valid_nelbo_per_molecule": [round(h["valid_nelbo_per_token"] * seq_len, 3) for h in points]}
+
+
+def cmd_curves(args) -> None:
+    """Learning curves of several runs (``LABEL=PATH`` to a state.json or train.json) in one figure."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from svdd.runfolder import atomic_write_json
+
+    curves = {}
+    for item in args.runs:
+        label, _, path = item.partition("=")
+        if not path:
+            raise SystemExit(f"curves: write each run as LABEL=PATH, got {item!r}")
+        curves[label] = learning_curve(Path(path))
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    for label, c in curves.items():
+        ax.plot(np.array(c["molecules_seen"]) / 1e6, c["valid_nelbo_per_molecule"], marker="o", ms=3, label=label)
+    ax.set_xlabel("training molecules seen (millions)")
+    ax.set_ylabel("validation NELBO (nats / molecule)")
+    ax.set_title("Masked-diffusion molecule models on MOSES (CPU runs)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    figure = Path(args.figure)
+    figure.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(figure, dpi=130)
+    out = {"curves": curves, "command": " ".join(sys.argv), "figure": str(figure)}
+    path = Path(args.out_dir or RESULTS) / f"curves-{args.name}.json"
+    atomic_write_json(path, out, indent=1)
+    print(f"wrote {path} and {figure}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -596,10 +653,15 @@ def main() -> None:
     pr.add_argument("--reference-seed", type=int, default=REFERENCE_SEED)
     pr.add_argument("--out-dir", default=None)
     pr.add_argument("--figure", default=str(ROOT / "docs" / "figures" / "molecule_properties.png"))
+    cu = sub.add_parser("curves", help="validation NELBO learning curves of training runs")
+    cu.add_argument("runs", nargs="+", metavar="LABEL=PATH", help="a run's state.json or train.json")
+    cu.add_argument("--name", required=True)
+    cu.add_argument("--out-dir", default=None)
+    cu.add_argument("--figure", default=str(ROOT / "docs" / "figures" / "molecule_learning_curves.png"))
     args = ap.parse_args()
     torch.set_num_threads(1)
     {"diagnose": cmd_diagnose, "evaluate": cmd_evaluate, "train": cmd_train, "table": cmd_table,
-     "properties": cmd_properties}[args.cmd](args)
+     "properties": cmd_properties, "curves": cmd_curves}[args.cmd](args)
 
 
 if __name__ == "__main__":
