@@ -10,7 +10,7 @@ tokenised to a fixed length. ``--random-smiles`` writes the *train* molecules as
 SMILES instead (a random atom order per molecule, seeded by its index; valid/test stay
 canonical). Writes::
 
-    train.npy  valid.npy  test.npy   uint8 token ids (N, max_len)
+    train.npy  valid.npy  test.npy   token ids (N, max_len), uint8 (uint16 for a vocabulary over 256)
     tokenizer.json                   vocabulary (built from the train subset) + max_len
     meta.json                        counts, coverage of max_len, seeds, source checksum
 
@@ -68,7 +68,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=None, help="default .gpu-data/molecules[-smiles[-random]]")
     ap.add_argument("--representation", choices=("selfies", "selfies-bpe", "smiles"), default="selfies")
-    ap.add_argument("--bpe-vocab", type=int, default=256, help="selfies-bpe: ids incl. [PAD] and [MASK] (<= 256)")
+    ap.add_argument("--bpe-vocab", type=int, default=256, help="selfies-bpe: ids incl. [PAD] and [MASK]")
     ap.add_argument("--bpe-learn", type=int, default=100_000, help="selfies-bpe: train molecules the merges are learned on")
     ap.add_argument("--random-smiles", action="store_true", help="train molecules as randomised SMILES")
     ap.add_argument("--num-train", type=int, default=480_000)
@@ -81,8 +81,8 @@ def main():
     smiles_rep, bpe = args.representation == "smiles", args.representation == "selfies-bpe"
     if args.random_smiles and not smiles_rep:
         raise SystemExit("svdd: error: --random-smiles needs --representation smiles")
-    if bpe and not 2 < args.bpe_vocab <= 256:
-        raise SystemExit("svdd: error: --bpe-vocab must be in 3..256 (token ids are stored as uint8)")
+    if bpe and not 2 < args.bpe_vocab <= 65_536:
+        raise SystemExit("svdd: error: --bpe-vocab must be in 3..65536")
     if args.max_len is None:
         args.max_len = {"smiles": 56, "selfies-bpe": 24}.get(args.representation, 48)
     if args.out is None:
@@ -136,9 +136,9 @@ def main():
                 rows.append(tok.encode_string(s) if smiles_rep else tok.encode_selfies(s))
             except Exception:
                 dropped += 1
-        return np.asarray(rows, dtype=np.uint8).reshape(-1, args.max_len), dropped
+        return np.asarray(rows, dtype=dtype).reshape(-1, args.max_len), dropped
 
-    assert tok.vocab_size <= 256
+    dtype = np.uint8 if tok.vocab_size <= 256 else np.uint16
     counts = {}
     for name, sel in (("train", keep), ("valid", convert(valid_smiles)), ("test", convert(test_smiles))):
         arr, dropped = encode_all([s for s in sel if s])

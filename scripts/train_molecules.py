@@ -1,7 +1,7 @@
 """Train the shipped molecule model: a masked-diffusion transformer over SELFIES tokens.
 
-Inputs come from ``scripts/prepare_molecules.py`` (``train/valid/test.npy`` uint8 token ids and
-``tokenizer.json``). The model (``svdd.nn.MaskedTransformer``) is trained with
+Inputs come from ``scripts/prepare_molecules.py`` (``train/valid/test.npy`` token ids, uint8 or, for
+a vocabulary over 256, uint16; ``tokenizer.json``). The model (``svdd.nn.MaskedTransformer``) is trained with
 ``svdd.nn.train_masked_diffusion`` (MDLM NELBO, log-linear schedule, AdamW, EMA) and saved in
 fp16 safetensors with its config and tokenizer. Afterwards the script
 
@@ -472,7 +472,7 @@ def main():
             res = svdd.sample(eval_proc, zero, method="ancestral", num_samples=args.num_samples, num_steps=k,
                               generator=torch.Generator(device=device).manual_seed(args.seed + k),
                               max_batch_size=2048)
-            np.save(out / f"samples_s{k}.npy", res.x0.cpu().numpy().astype(np.uint8))
+            np.save(out / f"samples_s{k}.npy", res.x0.cpu().numpy().astype(np.uint8 if vocab_size <= 256 else np.uint16))
             results[f"sampling_s{k}_wall_time_s"] = time.time() - t1
             log(f"sampled {args.num_samples} molecules with {k} steps in {time.time() - t1:.1f}s")
     (out / "train.json").write_text(json.dumps(results, indent=2))
