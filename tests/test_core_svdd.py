@@ -21,6 +21,8 @@ def gtoy():
     return GaussianMixtureToy.default()
 
 
+# slow (run by make test-slow, which CI runs): keeps the default suite under 5 minutes on 2 cores
+@pytest.mark.slow
 def test_svdd_exact_value_reproduces_tilted_target_masked(mtoy):
     """SVDD with the exact soft value, alpha=1, M=64: the sample law is the exact tilted law.
     TV of an 8000-sample histogram over 27 cells has sampling noise ≈ 0.02; tolerance 0.05."""
@@ -33,6 +35,8 @@ def test_svdd_exact_value_reproduces_tilted_target_masked(mtoy):
     assert total_variation(mtoy.histogram(res.x0), mtoy.model_distribution(K)) > 0.2
 
 
+# slow (run by make test-slow, which CI runs): keeps the default suite under 5 minutes on 2 cores
+@pytest.mark.slow
 def test_svdd_exact_value_reproduces_tilted_target_gaussian(gtoy):
     """Gaussian mixture, r(x)=x, alpha=1: tilted mean and right-mode weight within 4 SE.
     Two biases are kept below one SE (measured, seeds 0-1: z = -0.2, -1.1): the self-normalised

@@ -97,6 +97,8 @@ def _pids_in_order(marker: Path, prefix: str) -> list[int]:
 
 
 # -- real kills ---------------------------------------------------------------------------------
+# slow (run by make test-slow, which CI runs): keeps the default suite under 5 minutes on 2 cores
+@pytest.mark.slow
 def test_worker_killed_while_starting_busy_and_idle_is_replaced_and_counted(tmp_path):
     """One worker slot, five workers: the 1st is killed inside its factory while the pool is being
     built, the 2nd in its first call, the 3rd (its replacement) inside its factory during the
