@@ -905,10 +905,9 @@ class _Context:
                                  f"(it has {sorted(paths)}); use value: {{fit: {{...}}}}")
             spec = {"path": str(paths[reward_name])}
         if isinstance(spec, dict) and "path" in spec:
-            from .values.learned import check_value_fits, load_value
+            from .values.learned import load_value
 
-            value = load_value(spec["path"], device=self.device)
-            check_value_fits(value, self.process, spec["path"])
+            value = load_value(spec["path"], device=self.device, process=self.process)
             cost = dict(value.meta.get("cost", {}))
             return value, {"id": str(spec["path"]), "kind": "loaded", **_scalars(cost)}
         raise BenchError(f"value: {spec!r} not understood; use 'exact', 'domain', {{fit: {{...}}}} or {{path: DIR}}")

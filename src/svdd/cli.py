@@ -664,13 +664,12 @@ def _sample_in_folder(args, spec, out: Path) -> int:
     value_cost = None
     if args.value:
         from .plugins import is_import_path, load_user_value
-        from .values.learned import check_value_fits, load_value
+        from .values.learned import load_value
 
         if is_import_path(args.value) and not Path(args.value).exists():
             value = load_user_value(args.value, process)
         else:
-            value = load_value(args.value, device=device)
-            check_value_fits(value, process, args.value)
+            value = load_value(args.value, device=device, process=process)
         kwargs["value_fn"] = value
         value_cost = getattr(value, "meta", {}).get("cost")
     elif spec.needs_value:
@@ -679,11 +678,10 @@ def _sample_in_folder(args, spec, out: Path) -> int:
         if shipped is None:
             raise UserError(f"{args.method} needs --value PATH (fit one with `svdd fit-value`; the {args.domain} pack "
                             f"ships none for model {model_name!r} and this reward), or use svdd-pm")
-        from .values.learned import check_value_fits, load_value
+        from .values.learned import load_value
 
         args.value = str(shipped)
-        value = load_value(shipped, device=device)
-        check_value_fits(value, process, shipped)
+        value = load_value(shipped, device=device, process=process)
         kwargs["value_fn"] = value
         value_cost = value.meta.get("cost")
 

@@ -193,9 +193,11 @@ def check_value_fits(value, process, path: str | Path = "the value") -> None:
                                  "and pass it with --value, or use svdd-pm")
 
 
-def load_value(path: str | Path, device: str | torch.device = "cpu") -> LearnedValue:
+def load_value(path: str | Path, device: str | torch.device = "cpu", process=None) -> LearnedValue:
     """A fitted value saved by ``LearnedValue.save``. A missing, damaged or mismatched folder
-    (JSON, network configuration, weights) raises ``ValueLoadError``; nothing is unpickled."""
+    (JSON, network configuration, weights) raises ``ValueLoadError``, and so does, with
+    ``process`` given, a value for sequences of another shape (``check_value_fits``); nothing is
+    unpickled."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -222,6 +224,8 @@ def load_value(path: str | Path, device: str | torch.device = "cpu") -> LearnedV
         problem = " ".join(str(err).split())
         raise ValueLoadError(f"{weights} does not match the {meta['network']} of value.json "
                              f"({problem[:160]}...); {refit}") from None
+    if process is not None:
+        check_value_fits(value, process, path)
     return value.to(device).eval()
 
 
