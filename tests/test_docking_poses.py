@@ -138,12 +138,55 @@ def test_a_vina_worker_killed_while_idle_is_replaced_before_it_is_given_a_molecu
     reward = DockingReward("parp1", cache=False, num_workers=1)
     try:
         first = reward.score_smiles(["CCO"])
-        pid = reward.pool.workers[0][0].pid
+        pid = reward.pool.workers[0].process.pid
         os.kill(pid, signal.SIGKILL)
         time.sleep(0.5)
         reward.memory.clear()
         again = reward.score_smiles(["CCO", "c1ccccc1O"])
         assert again[0] == first[0] and again[1] == again[1]   # exact, and not NaN ("worker died")
-        assert reward.pool.workers[0][0].pid != pid
+        assert reward.pool.workers[0].process.pid != pid
     finally:
         reward.close()
+
+
+@pytest.mark.slow
+def test_a_vina_worker_killed_while_busy_loses_only_its_molecule_and_the_other_worker_goes_on():
+    """Each worker has its own pipes, so killing one mid-docking cannot block the other (a shared
+    result queue's write lock, held by the killed process, could): the batch finishes, the killed
+    worker's molecule reads "worker died", every other score equals its in-order docking."""
+    import os
+    import signal
+    import threading
+
+    _skip_without_vina()
+    from svdd.domains.molecules.docking import DockingPool
+
+    batch = ["CCO", "c1ccccc1O", "CC(=O)Nc1ccc(O)cc1", "OCCO"]
+    reference = DockingPool("parp1", num_workers=1)
+    try:
+        expected = [r[0] for r in reference.dock(batch)]
+    finally:
+        reference.close()
+    pool = DockingPool("parp1", num_workers=2)
+    killed: list = []
+
+    def kill_first_busy():
+        while not killed:
+            for w in list(pool.workers):
+                if w.busy is not None:
+                    killed.append(w.busy[0])
+                    os.kill(w.process.pid, signal.SIGKILL)
+                    return
+            threading.Event().wait(0.01)
+
+    try:
+        threading.Thread(target=kill_first_busy, daemon=True).start()
+        got = pool.dock(batch)
+    finally:
+        pool.close()
+    assert len(killed) == 1
+    for i, (score, _, err) in enumerate(got):
+        if i == killed[0]:
+            assert score is None and err.startswith("worker died"), got[i]
+        else:
+            assert err is None and score == expected[i], (i, got[i], expected[i])

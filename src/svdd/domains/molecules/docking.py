@@ -27,7 +27,6 @@ import importlib.util
 import math
 import multiprocessing as mp
 import os
-import queue
 import re
 import shutil
 import sqlite3
@@ -37,7 +36,10 @@ import tempfile
 import time
 import weakref
 import zipfile
+from dataclasses import dataclass
 from functools import lru_cache
+from multiprocessing import connection as mp_connection
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -190,7 +192,9 @@ def vina_seed(seed: int) -> int:
     return seed + 1 if seed >= 0 else seed
 
 
-def _worker_main(receptor: str, center, size, exhaustiveness: int, seed: int, tasks, results, wid: int = 0) -> None:
+def _worker_main(receptor: str, center, size, exhaustiveness: int, seed: int, tasks, results) -> None:
+    """One Vina process: ``tasks`` and ``results`` are this worker's own pipe ends, so a worker killed
+    at any moment can hold no lock another worker needs (a shared queue's write lock can be)."""
     import logging
 
     import meeko  # noqa: F401  (imported first: it routes RDKit's log to the "rdkit" logger)
@@ -202,9 +206,12 @@ def _worker_main(receptor: str, center, size, exhaustiveness: int, seed: int, ta
     v = vina.Vina(sf_name="vina", cpu=1, seed=vina_seed(seed), verbosity=0)
     v.set_receptor(receptor)
     v.compute_vina_maps(center=center, box_size=size)
-    results.put(("ready", wid, None, None))
+    results.send(("ready", None, None, None))
     while True:
-        task = tasks.get()
+        try:
+            task = tasks.recv()
+        except (EOFError, OSError):   # the parent is gone
+            return
         if task is None:
             return
         idx, smiles = task
@@ -216,14 +223,28 @@ def _worker_main(receptor: str, center, size, exhaustiveness: int, seed: int, ta
                 pose = _pose_molblock(v.poses(n_poses=1))
             except Exception:
                 pose = ""
-            results.put((idx, score, pose, None))
+            results.send((idx, score, pose, None))
         except Exception as err:  # one ligand failing must not stop the worker
-            results.put((idx, None, None, f"{type(err).__name__}: {err}"[:300]))
+            results.send((idx, None, None, f"{type(err).__name__}: {err}"[:300]))
+
+
+@dataclass
+class _Worker:
+    process: mp.process.BaseProcess
+    tasks: Connection              # parent's sending end
+    results: Connection            # parent's receiving end
+    busy: Optional[tuple] = None   # (index into the batch, start time) while docking
+    ready: bool = False            # receptor maps computed
+    dead: bool = False             # its results pipe reached end-of-file
+
+    def gone(self) -> bool:
+        return self.dead or not self.process.is_alive()
 
 
 class DockingPool:
     """``num_workers`` Vina processes for one receptor; ``dock(smiles_list)`` returns
-    ``[(score or None, pose molblock, error or None)]`` in order, each docking limited to ``timeout_s``."""
+    ``[(score or None, pose molblock, error or None)]`` in order, each docking limited to ``timeout_s``.
+    A worker that dies, idle or busy, is replaced; the molecule it held comes back as "worker died"."""
 
     def __init__(self, target: str, *, exhaustiveness: int = 1, num_workers: Optional[int] = None,
                  timeout_s: float = 120.0, seed: int = 0):
@@ -233,23 +254,28 @@ class DockingPool:
         self.timeout_s = float(timeout_s)
         # fork (Linux) needs no __main__ guard in user scripts; workers never touch torch
         self.ctx = mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
-        self.results = self.ctx.Queue()
-        self.workers: list = []  # [process, task queue, (idx, started) or None, ready, worker id]
-        self._next_id = 0
+        self.workers: list[_Worker] = []
 
-    def _spawn(self):
-        tasks = self.ctx.Queue()
-        self._next_id += 1
-        proc = self.ctx.Process(target=_worker_main, args=(*self.args, tasks, self.results, self._next_id), daemon=True)
+    def _spawn(self) -> _Worker:
+        task_r, task_w = self.ctx.Pipe(duplex=False)
+        res_r, res_w = self.ctx.Pipe(duplex=False)
+        proc = self.ctx.Process(target=_worker_main, args=(*self.args, task_r, res_w), daemon=True)
         proc.start()
-        return [proc, tasks, None, False, self._next_id]
+        task_r.close()   # the child's ends: closed here, so the child's death reads as end-of-file
+        res_w.close()
+        return _Worker(proc, task_w, res_r)
 
-    def _replace(self, w) -> None:
-        try:
-            w[0].kill()
-            w[0].join(5)
-        except Exception:
-            pass
+    @staticmethod
+    def _stop(w: _Worker) -> None:
+        with contextlib.suppress(Exception):
+            w.process.kill()
+            w.process.join(5)
+        for conn in (w.tasks, w.results):
+            with contextlib.suppress(Exception):
+                conn.close()
+
+    def _replace(self, w: _Worker) -> None:
+        self._stop(w)
         self.workers[self.workers.index(w)] = self._spawn()
 
     def dock(self, smiles: Sequence[str]) -> list[tuple[Optional[float], str, Optional[str]]]:
@@ -261,55 +287,58 @@ class DockingPool:
         startup_deadline = time.time() + 120.0 + self.timeout_s
         while done < len(smiles):
             for w in list(self.workers):  # a worker that died while idle is replaced, not handed work
-                if w[3] and w[2] is None and not w[0].is_alive():
+                if w.ready and w.busy is None and w.gone():
                     self._replace(w)
             for w in self.workers:  # hand out work to ready, idle workers
-                if w[3] and w[2] is None and pending:
+                if w.ready and w.busy is None and pending:
                     i = pending.pop()
-                    w[1].put((i, smiles[i]))
-                    w[2] = (i, time.time())
-            try:
-                idx, score, pose, err = self.results.get(timeout=0.2)
-            except queue.Empty:
-                idx = None
-            if idx == "ready":
-                for w in self.workers:
-                    if w[4] == score:  # the worker id travels in the score slot
-                        w[3] = True
-            elif idx is not None:
-                for w in self.workers:
-                    if w[2] is not None and w[2][0] == idx:
-                        w[2] = None
+                    try:
+                        w.tasks.send((i, smiles[i]))
+                    except OSError:          # died since the check above: it is replaced next round
+                        pending.append(i)
+                        w.dead = True
+                        continue
+                    w.busy = (i, time.time())
+            by_conn = {id(w.results): w for w in self.workers}
+            for conn in mp_connection.wait([w.results for w in self.workers], timeout=0.2):
+                w = by_conn[id(conn)]
+                try:
+                    idx, score, pose, err = conn.recv()
+                except (EOFError, OSError):
+                    w.dead = True
+                    continue
+                if idx == "ready":
+                    w.ready = True
+                    continue
+                if w.busy is not None and w.busy[0] == idx:
+                    w.busy = None
                 if out[idx] is None:
                     out[idx] = (score, pose or "", err)
                     done += 1
             now = time.time()
             for w in list(self.workers):
-                busy = w[2]
-                if busy is not None and (now - busy[1] > self.timeout_s or not w[0].is_alive()):
-                    why = "timeout" if w[0].is_alive() else "worker died"
-                    if out[busy[0]] is None:
-                        out[busy[0]] = (None, "", f"{why} after {now - busy[1]:.0f}s")
+                if w.busy is not None and (now - w.busy[1] > self.timeout_s or w.gone()):
+                    why = "worker died" if w.gone() else "timeout"
+                    i = w.busy[0]
+                    if out[i] is None:
+                        out[i] = (None, "", f"{why} after {now - w.busy[1]:.0f}s")
                         done += 1
                     self._replace(w)
-                elif not w[3] and not w[0].is_alive():
+                elif not w.ready and w.gone():
                     startup_deaths += 1
                     self._replace(w)
-            if not any(w[3] for w in self.workers) and (now > startup_deadline or startup_deaths > 2 * self.num_workers):
+            if not any(w.ready for w in self.workers) and (now > startup_deadline or startup_deaths > 2 * self.num_workers):
                 raise DomainError("docking workers did not start; check that vina, meeko, gemmi and "
                                   "openbabel-wheel are installed (pip install 'svdd[molecules]')")
         return out
 
     def close(self) -> None:
         for w in self.workers:
-            try:
-                w[1].put(None)
-            except Exception:
-                pass
+            with contextlib.suppress(Exception):
+                w.tasks.send(None)
         for w in self.workers:
-            w[0].join(2)
-            if w[0].is_alive():
-                w[0].kill()
+            w.process.join(2)
+            self._stop(w)
         self.workers = []
 
 
