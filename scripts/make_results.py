@@ -21,7 +21,7 @@ sys.path.insert(0, str(ROOT / "src"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 ORDER = ["toys-quick", "toys", "toys-quick-full", "svdd-m-sweep", "svdd-alpha-sweep", "toys-masked",
-         "molecules", "molecules-docking", "dna", "rna", "images", "images-dno-curve", "images-flow",
+         "molecules", "molecules-bpe", "molecules-docking", "molecules-docking-bpe", "dna", "rna", "images", "images-dno-curve", "images-flow",
          "tree-toys", "tree-toys-masked", "tree-molecules", "tree-dna", "tree-rna", "tree-images"]
 
 
@@ -38,6 +38,15 @@ TARGETS: dict[str, list[dict]] = {
     "molecules-docking": [
         {"issue": 5, "kind": "above", "reward": "docking:parp1", "method": "svdd-pm", "others": ["best-of-n"]},
         {"issue": 5, "kind": "gain_at_least", "reward": "docking:parp1", "method": "svdd-pm", "threshold": 4.25},
+    ],
+    "molecules-bpe": [
+        {"issue": 18, "kind": "above", "reward": "qed", "method": "svdd-pm", "others": ["best-of-n"]},
+        {"issue": 18, "kind": "above", "reward": "sa", "method": "svdd-pm", "others": ["best-of-n"]},
+        {"issue": 18, "kind": "at_least", "reward": "qed", "method": "svdd-pm", "stat": "top10", "threshold": 0.94},
+    ],
+    "molecules-docking-bpe": [
+        {"issue": 18, "kind": "above", "reward": "docking:parp1", "method": "svdd-pm", "others": ["best-of-n"]},
+        {"issue": 18, "kind": "gain_at_least", "reward": "docking:parp1", "method": "svdd-pm", "threshold": 4.25},
     ],
     "dna": [
         {"issue": 6, "kind": "above", "reward": "hepg2", "score": "hepg2-eval", "method": "svdd-pm",

@@ -5,10 +5,14 @@ samples of the shipped diffusion model (DPS applies the surrogate to the model's
 model's molecules are far from MOSES: a surrogate fitted on MOSES alone has a correlation of
 ≈ 0.1 on them), labelled with RDKit (QED; SA as (10 − SA)/9). Reports the held-out correlation
 on MOSES validation molecules and on held-out model samples, and writes
-src/svdd/domains/molecules/assets/surrogate-<prop>/{model.safetensors,config.json}.
+src/svdd/domains/molecules/assets/surrogate-<prop>/{model.safetensors,config.json} for the default
+model, or assets/<model>/surrogate-<prop>/ for another shipped model (``--model``; its data is the
+one prepare_molecules.py wrote for that model's representation).
 
     python scripts/train_molecule_surrogates.py --data .gpu-data/molecules --num-train 60000 \
         --num-model-samples 9216 --steps 4000
+    python scripts/train_molecule_surrogates.py --model moses-selfies-bpe --data .gpu-data/molecules-selfies-bpe \
+        --num-train 60000 --num-model-samples 9216 --steps 4000
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import time
 from pathlib import Path
 
@@ -23,8 +28,8 @@ import numpy as np
 import torch
 
 from svdd.domains import get_domain
-from svdd.domains.molecules import chem, load_tokenizer
-from svdd.domains.molecules.surrogate import ASSETS, SURROGATES, SurrogateNet
+from svdd.domains.molecules import chem
+from svdd.domains.molecules.surrogate import SURROGATES, SurrogateNet, surrogate_home
 
 LABELS = {"qed": chem.qed, "sa": chem.sa_normalised}
 
@@ -53,31 +58,36 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", default=str(ASSETS))
+    ap.add_argument("--model", default=None, help="a shipped molecule model (default: the domain's default)")
+    ap.add_argument("--out", default=None, help="folder for surrogate-<prop>/ (default: where the model's are read)")
     args = ap.parse_args()
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
-    tok = load_tokenizer()
+    dom = get_domain("molecules")
+    model = args.model or dom.default_model
+    proc = dom.load_process(model)
+    tok = proc.tokenizer
     train = np.load(Path(args.data) / "train.npy", mmap_mode="r")
     valid = np.load(Path(args.data) / "valid.npy", mmap_mode="r")
-    Xtr = np.asarray(train[np.sort(rng.choice(len(train), args.num_train, replace=False))])
-    Xva = np.asarray(valid[: args.num_valid])
+    Xtr = np.asarray(train[np.sort(rng.choice(len(train), args.num_train, replace=False))]).astype(np.int64)
+    Xva = np.asarray(valid[: args.num_valid]).astype(np.int64)
+    if Xtr.shape[1] != tok.max_len:
+        raise SystemExit(f"{args.data} holds rows of {Xtr.shape[1]} tokens, the {model} model reads {tok.max_len}: "
+                         "pass the --data that prepare_molecules.py wrote for this model's representation")
     t0 = time.time()
     Ytr, Yva = label(tok, Xtr), label(tok, Xva)
-    dom = get_domain("molecules")
-    proc = dom.load_process()
     import svdd
 
     res = svdd.sample(proc, lambda x: torch.zeros(x.shape[0]), method="ancestral", num_samples=args.num_model_samples,
                       num_steps=32, max_batch_size=1024, generator=torch.Generator().manual_seed(args.seed + 1))
-    Xall = res.x0.numpy().astype(np.uint8)
+    Xall = res.x0.numpy().astype(np.int64)
     Yall = label(tok, Xall)
     h = args.num_model_heldout
     Xms, Yms = Xall[:h], {p: v[:h] for p, v in Yall.items()}
     Xtr = np.concatenate([Xtr, Xall[h:]])
     Ytr = {p: np.concatenate([Ytr[p], Yall[p][h:]]) for p in SURROGATES}
     print(f"labels: {time.time() - t0:.0f} s", flush=True)
-    out_dir = Path(args.out)
+    out_dir = Path(args.out) if args.out else surrogate_home(model)
     for prop in SURROGATES:
         t1 = time.time()
         x, y = torch.from_numpy(Xtr).long(), torch.from_numpy(Ytr[prop])
@@ -113,12 +123,17 @@ def main() -> None:
 
         d = out_dir / f"surrogate-{prop}"
         d.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(d / "model.safetensors"))
-        (d / "config.json").write_text(json.dumps({"property": prop, "config": net.config, "metrics": metrics,
+        tmp = d / "model.safetensors.tmp"
+        save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(tmp))
+        os.replace(tmp, d / "model.safetensors")
+        (d / "config.json.tmp").write_text(json.dumps({"property": prop, "config": net.config, "metrics": metrics,
+                                                   "model": model,
                                                    "command": "python scripts/train_molecule_surrogates.py "
-                                                   f"--num-train {args.num_train} --num-model-samples {args.num_model_samples} "
+                                                   + (f"--model {args.model} --data {args.data} " if args.model else "")
+                                                   + f"--num-train {args.num_train} --num-model-samples {args.num_model_samples} "
                                                    f"--steps {args.steps}"},
                                                   indent=2))
+        os.replace(d / "config.json.tmp", d / "config.json")
 
 
 if __name__ == "__main__":

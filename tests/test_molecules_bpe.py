@@ -177,8 +177,29 @@ def test_values_and_surrogates_of_another_model_are_refused_in_one_line(bpe_proc
     value = load_value(shipped)
     with pytest.raises(ValueLoadError, match="vocab_size 28 .*this model has vocab_size 256"):
         check_value_fits(value, bpe_process, shipped)
-    with pytest.raises(DomainError, match="surrogate:qed reads 28 token ids"):
-        get_domain("molecules").make_reward("surrogate:qed")
+    dom = get_domain("molecules")
+    dom.load_process(mol_domain.SMILES_MODEL_NAME)     # ships no surrogates
+    with pytest.raises(DomainError, match="'moses-smiles' has no surrogate:qed; train one with python scripts/"):
+        dom.make_reward("surrogate:qed")
     mol_domain._ACTIVE.clear()
-    check_value_fits(value, get_domain("molecules").load_process(), shipped)    # its own model: fine
-    assert get_domain("molecules").make_reward("surrogate:qed") is not None
+    check_value_fits(value, dom.load_process(), shipped)    # its own model: fine
+    assert dom.make_reward("surrogate:qed").net.config["vocab_size"] == 28
+
+
+def test_a_surrogate_that_does_not_read_the_models_tokens_is_refused(tmp_path):
+    """A model folder whose surrogate-qed was trained on other tokens (here: the default model's,
+    copied into a BPE model folder) is refused in one line, not fed the wrong ids."""
+    import shutil
+
+    from svdd.domains import get_domain
+    from svdd.domains import molecules as mol_domain
+
+    folder = tmp_path / "my-bpe"
+    shutil.copytree(mol_domain.ASSETS / mol_domain.BPE_MODEL_NAME, folder)
+    shutil.copytree(mol_domain.ASSETS / "surrogate-qed", folder / "surrogate-qed", dirs_exist_ok=True)
+    mol_domain.load_model(path=str(folder))
+    try:
+        with pytest.raises(DomainError, match="reads 28 token ids of length 48; the loaded model has 256 ids of length 24"):
+            get_domain("molecules").make_reward("surrogate:qed")
+    finally:
+        mol_domain._ACTIVE.clear()

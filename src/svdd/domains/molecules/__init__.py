@@ -69,7 +69,7 @@ def load_model(device: str = "cpu", path: Optional[str] = None, **_):
     process = MaskedProcess(model, tok.max_len, tok.vocab_size, tok.mask_id, schedule=meta.get("schedule", "loglinear"),
                             device=device)
     process.tokenizer = tok
-    _ACTIVE["tokenizer"] = tok
+    _ACTIVE["tokenizer"], _ACTIVE["folder"] = tok, folder
     return process
 
 
@@ -217,17 +217,25 @@ from .value import MoleculeValueNet, value_network  # noqa: E402  (registers the
 
 
 def _surrogate_factory(arg: Optional[str] = None, device: str = "cpu", **_):
-    """``surrogate:<qed|sa>``: a differentiable learned stand-in for the RDKit reward (for DPS)."""
-    from .surrogate import SURROGATES, SurrogateReward
+    """``surrogate:<qed|sa>``: a differentiable learned stand-in for the RDKit reward (for DPS), the one
+    trained for the molecule model loaded last."""
+    from .surrogate import SURROGATES, SurrogateReward, surrogate_home
 
     if arg not in SURROGATES:
         raise DomainError(f"name the surrogate's property, one of {', '.join(SURROGATES)} (e.g. surrogate:qed)")
-    reward = SurrogateReward(arg, device=device)
+    folder = Path(_ACTIVE.get("folder") or MODEL_DIR)
+    path = surrogate_home(folder) / f"surrogate-{arg}"
+    if not (path / "config.json").exists():
+        raise DomainError(f"the molecule model in {folder.name!r} has no surrogate:{arg}; train one with python "
+                          f"scripts/train_molecule_surrogates.py --model {folder.name}, or use svdd-pm with the "
+                          f"RDKit reward {arg!r}")
+    reward = SurrogateReward(arg, path=path, device=device)
     tok, config = active_tokenizer(), reward.net.config
     if (config["vocab_size"], config["seq_len"]) != (tok.vocab_size, tok.max_len):
-        raise DomainError(f"surrogate:{arg} reads {config['vocab_size']} token ids of length {config['seq_len']} (the "
-                          f"{MODEL_NAME} model's); the loaded model has {tok.vocab_size} ids of length {tok.max_len}. "
-                          f"Use --model {MODEL_NAME} for DPS, or svdd-pm with the RDKit reward {arg!r}")
+        raise DomainError(f"surrogate:{arg} in {path} reads {config['vocab_size']} token ids of length "
+                          f"{config['seq_len']}; the loaded model has {tok.vocab_size} ids of length {tok.max_len}. "
+                          f"Retrain it with scripts/train_molecule_surrogates.py, or use svdd-pm with the RDKit "
+                          f"reward {arg!r}")
     return reward
 
 

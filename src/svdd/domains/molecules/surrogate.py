@@ -7,6 +7,8 @@ special case — trained on MOSES molecules labelled by RDKit (``scripts/train_m
 held-out correlations in ``config.json`` and docs/molecules.md). The first layer is linear in ``p``,
 so DPS's tilt Δ = ∂g/∂p at x̂0's probabilities is well defined. A suite guides with the
 surrogate and scores with the real reward (``guide: surrogate:qed`` in a bench methods entry).
+A surrogate reads one tokenizer's ids: the default model's live in ``assets/surrogate-<prop>``,
+another model's in its own folder (``assets/<model>/surrogate-<prop>``, see ``surrogate_home``).
 """
 
 from __future__ import annotations
@@ -20,6 +22,16 @@ from torch import Tensor, nn
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 SURROGATES = ("qed", "sa")
+DEFAULT_MODEL_DIR = ASSETS / "moses-selfies"
+
+
+def surrogate_home(model) -> Path:
+    """The folder holding ``surrogate-<prop>/`` for a model (a shipped model's name or a model folder):
+    the assets folder for the default model, else the model's own folder."""
+    folder = Path(model)
+    if not folder.is_absolute() and not folder.exists():
+        folder = ASSETS / str(model)
+    return ASSETS if folder.resolve() == DEFAULT_MODEL_DIR.resolve() else folder
 
 
 class SurrogateNet(nn.Module):

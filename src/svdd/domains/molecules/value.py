@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from ...nn.denoisers import timestep_embedding
+from ..base import DomainError
 
 NUM_DESCRIPTORS = 17
 #                 MW    logP HBA  HBD  PSA   ROTB AROM ALERT heavy rings fsp3 stereo spiro bridge maxring charged valid
@@ -67,12 +68,16 @@ class MoleculeValueNet(nn.Module):
         self._tokenizer = None
 
     def _features(self, x: Tensor) -> Tensor:
-        if self._tokenizer is None:
-            from . import load_tokenizer
+        if self._tokenizer is None:   # the molecule model loaded last decodes (its ids are what x holds)
+            from . import active_tokenizer
 
-            self._tokenizer = load_tokenizer()
+            tok = active_tokenizer()
+            if (tok.vocab_size, tok.max_len) != (self.vocab_size, self.config["seq_len"]):
+                raise DomainError(f"this value reads {self.vocab_size} token ids of length {self.config['seq_len']}; "
+                                  f"the loaded molecule model has {tok.vocab_size} ids of length {tok.max_len}")
+            self._tokenizer = tok
         rows = x.detach().to("cpu", torch.int64)
-        keys = [bytes(r.to(torch.uint8).numpy()) for r in rows]
+        keys = [r.numpy().tobytes() for r in rows]
         feats = []
         for key, row in zip(keys, rows):
             f = self._cache.get(key)
