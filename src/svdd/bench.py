@@ -899,11 +899,12 @@ class _Context:
                 self.values[key] = (value, {"id": key, "kind": "fit", "options": opts, "seed": seed, **_scalars(cost)})
             return self.values[key]
         if spec == "domain":                      # a value the domain pack ships for this reward
-            paths = (self.domain.extra or {}).get("values") or {}
-            if reward_name not in paths:
-                raise BenchError(f"domain {self.domain_name!r} ships no value for reward {reward_name!r} "
-                                 f"(it has {sorted(paths)}); use value: {{fit: {{...}}}}")
-            spec = {"path": str(paths[reward_name])}
+            path = self.domain.shipped_value(self.model, str(reward_name))
+            if path is None:
+                raise BenchError(f"domain {self.domain_name!r} ships no value for model {self.model!r} and reward "
+                                 f"{reward_name!r} (it has {sorted((self.domain.extra or {}).get('values') or {})}); "
+                                 "use value: {fit: {...}}")
+            spec = {"path": str(path)}
         if isinstance(spec, dict) and "path" in spec:
             from .values.learned import load_value
 

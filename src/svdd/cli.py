@@ -197,18 +197,6 @@ def _load(args):
     return domain, process, reward, device
 
 
-def _shipped_value(domain, model: str, reward: str):
-    """A value network the domain ships for this model and reward (``extra['values']``), if any."""
-    values = domain.extra.get("values") or {}
-    keys = [f"{model}/{reward}"]
-    if model == domain.default_model:   # a value keyed by the reward alone belongs to the default model
-        keys.append(reward)
-    for key in keys:
-        if key in values and Path(values[key]).exists():
-            return Path(values[key])
-    return None
-
-
 def _shard_plan(num_samples: int, batch_size: int) -> list[int]:
     sizes = [batch_size] * (num_samples // batch_size)
     if num_samples % batch_size:
@@ -674,7 +662,7 @@ def _sample_in_folder(args, spec, out: Path) -> int:
         value_cost = getattr(value, "meta", {}).get("cost")
     elif spec.needs_value:
         model_name = args.model or domain.default_model
-        shipped = _shipped_value(domain, model_name, args.reward or domain.default_reward)
+        shipped = domain.shipped_value(model_name, args.reward or domain.default_reward)
         if shipped is None:
             raise UserError(f"{args.method} needs --value PATH (fit one with `svdd fit-value`; the {args.domain} pack "
                             f"ships none for model {model_name!r} and this reward), or use svdd-pm")

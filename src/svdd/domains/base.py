@@ -75,6 +75,17 @@ class Domain:
                 raise DomainError(f"{self.name} model {name!r}: {err}") from None
         return process
 
+    def shipped_value(self, model: Optional[str], reward: str) -> Optional[Path]:
+        """The value network this domain ships for ``model`` and ``reward`` (``extra['values']``), if
+        any: a key ``"<model>/<reward>"``, or the reward alone, which belongs to the default model."""
+        values = self.extra.get("values") or {}
+        model = model or self.default_model
+        keys = [f"{model}/{reward}"] + ([reward] if model == self.default_model else [])
+        for key in keys:
+            if key in values and Path(values[key]).exists():
+                return Path(values[key])
+        return None
+
     def prepare_data(self, reward_spec: Optional[str] = None, options: Optional[dict] = None,
                      notify: Optional[Callable[[str], None]] = None) -> list[str]:
         """Fetch, before any sampling, the data a run of ``reward_spec`` needs (``prefetch``).
