@@ -233,3 +233,34 @@ def test_the_bpe_model_has_its_own_differentiable_surrogates(bpe_process, prop):
     (g,) = torch.autograd.grad(out.sum(), p)
     assert torch.isfinite(g).all() and g.abs().sum() > 0
     assert float(torch.corrcoef(torch.stack([out.detach(), ys]))[0, 1]) > BPE_SURROGATE_FLOOR[prop]
+
+
+def test_svdd_mc_on_the_bpe_model_uses_its_own_shipped_value(bpe_process, tmp_path):
+    """`svdd sample --method svdd-mc --model moses-selfies-bpe` finds the value fitted on that model's
+    rollouts (benchmarks/molecules-bpe.yaml), not the default model's, and it decodes with the BPE
+    tokenizer: RDKit QED of the decoded molecules is what samples.csv reports."""
+    import csv
+    import json
+
+    from svdd.cli import main
+    from svdd.domains import get_domain
+    from svdd.domains import molecules as mol_domain
+    from svdd.domains.molecules import chem
+
+    dom = get_domain("molecules")
+    for reward in ("qed", "sa"):
+        path = dom.shipped_value(mol_domain.BPE_MODEL_NAME, reward)
+        assert path == mol_domain.ASSETS / mol_domain.BPE_MODEL_NAME / f"value-{reward}"
+        assert json.loads((path / "value.json").read_text())["model"] == mol_domain.BPE_MODEL_NAME
+    assert dom.shipped_value(mol_domain.SMILES_MODEL_NAME, "qed") is None
+    out = tmp_path / "mc"
+    assert main(["sample", "--domain", "molecules", "--model", mol_domain.BPE_MODEL_NAME, "--reward", "qed",
+                 "--method", "svdd-mc", "--num-samples", "4", "--num-steps", "8", "--num-candidates", "2",
+                 "--no-baseline", "--quiet", "--seed", "0", "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["value"].endswith("moses-selfies-bpe/value-qed"), summary["value"]
+    rows = list(csv.DictReader((out / "samples.csv").open()))
+    assert len(rows) == 4
+    for row in rows:
+        assert float(row["reward"]) == pytest.approx(chem.qed(chem.mol_from_smiles(row["smiles"])), abs=1e-6)
+    mol_domain._ACTIVE.clear()

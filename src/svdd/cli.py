@@ -707,6 +707,7 @@ def _sample_in_folder(args, spec, out: Path) -> int:
         "host_cpu_count": os.cpu_count(),
         "reward_stats": _reward_stats(run["rewards"], args.seed),
         "metrics": metrics, "counters": run["counters"], "num_shards": run["num_shards"],
+        "value": args.value,    # the --value given, or the shipped value the domain picked for this model
         "value_training_cost": value_cost,
         "coupling": run.get("coupling"),
         "wall_time_s_this_invocation": time.time() - started,

@@ -259,8 +259,11 @@ DOMAIN = Domain(
     write_files=write_files,
     sample_column="smiles",
     prefetch=prefetch,
-    # fitted on moses-selfies samples: a key without a model name belongs to the default model only
-    extra={"values": {"qed": ASSETS / "value-qed", "sa": ASSETS / "value-sa"}, "pyproject_extra": "molecules",
+    # a key without a model name belongs to the default model only (Domain.shipped_value)
+    extra={"values": {"qed": ASSETS / "value-qed", "sa": ASSETS / "value-sa",
+                      f"{BPE_MODEL_NAME}/qed": ASSETS / BPE_MODEL_NAME / "value-qed",
+                      f"{BPE_MODEL_NAME}/sa": ASSETS / BPE_MODEL_NAME / "value-sa"},
+           "pyproject_extra": "molecules",
            "value_network": value_network},
 )
 
