@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from svdd.domains import get_domain
-from svdd.domains.molecules import chem
+from svdd.domains.molecules import ASSETS, chem
 from svdd.domains.molecules.surrogate import SURROGATES, SurrogateNet, surrogate_home
 
 LABELS = {"qed": chem.qed, "sa": chem.sa_normalised}
@@ -87,7 +87,7 @@ def main() -> None:
     Xtr = np.concatenate([Xtr, Xall[h:]])
     Ytr = {p: np.concatenate([Ytr[p], Yall[p][h:]]) for p in SURROGATES}
     print(f"labels: {time.time() - t0:.0f} s", flush=True)
-    out_dir = Path(args.out) if args.out else surrogate_home(model)
+    out_dir = Path(args.out) if args.out else surrogate_home(ASSETS / model)
     for prop in SURROGATES:
         t1 = time.time()
         x, y = torch.from_numpy(Xtr).long(), torch.from_numpy(Ytr[prop])

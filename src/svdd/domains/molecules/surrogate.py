@@ -22,16 +22,14 @@ from torch import Tensor, nn
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 SURROGATES = ("qed", "sa")
-DEFAULT_MODEL_DIR = ASSETS / "moses-selfies"
 
 
-def surrogate_home(model) -> Path:
-    """The folder holding ``surrogate-<prop>/`` for a model (a shipped model's name or a model folder):
-    the assets folder for the default model, else the model's own folder."""
-    folder = Path(model)
-    if not folder.is_absolute() and not folder.exists():
-        folder = ASSETS / str(model)
-    return ASSETS if folder.resolve() == DEFAULT_MODEL_DIR.resolve() else folder
+def surrogate_home(model_dir: Path) -> Path:
+    """The folder holding ``surrogate-<prop>/`` for the model in ``model_dir``: the assets folder
+    for the default model, else the model's own folder."""
+    from . import MODEL_DIR
+
+    return ASSETS if Path(model_dir).resolve() == MODEL_DIR.resolve() else Path(model_dir)
 
 
 class SurrogateNet(nn.Module):
