@@ -5,8 +5,10 @@ fixed seed (the whole 1.58 M set would be 76 MB of uint8 at length 48; the GPU j
 stay under 25 MB), converted to SELFIES (``--representation selfies``, the default) or to RDKit's
 canonical aromatic SMILES (``--representation smiles``, regex atom tokens, length 56) or to
 SELFIES with byte-pair-merged fragment tokens (``--representation selfies-bpe``: merges learned
-on the first ``--bpe-learn`` train molecules up to ``--bpe-vocab`` ids, length 24) and
-tokenised to a fixed length. ``--random-smiles`` writes the *train* molecules as randomised
+on the first ``--bpe-learn`` train molecules up to ``--bpe-vocab`` ids, length 24) or to an
+acyclic SELFIES skeleton with one token per ring system (``--representation ring-systems``: the
+``--num-systems`` most frequent systems of the train subset; molecules with any other system are
+dropped and counted; length 32) and tokenised to a fixed length. ``--random-smiles`` writes the *train* molecules as randomised
 SMILES instead (a random atom order per molecule, seeded by its index; valid/test stay
 canonical). Writes::
 
@@ -21,6 +23,7 @@ and refreshes the committed test subset ``src/svdd/domains/molecules/assets/mose
     python scripts/prepare_molecules.py --representation smiles --no-sample      # .gpu-data/molecules-smiles
     python scripts/prepare_molecules.py --representation smiles --random-smiles --no-sample
     python scripts/prepare_molecules.py --representation selfies-bpe --no-sample  # .gpu-data/molecules-selfies-bpe
+    python scripts/prepare_molecules.py --representation ring-systems --no-sample # .gpu-data/molecules-ring-systems
 """
 
 from __future__ import annotations
@@ -37,8 +40,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from svdd.domains.molecules import data as mdata  # noqa: E402
-from svdd.domains.molecules.tokenizer import (SelfiesBpeTokenizer, SelfiesTokenizer, SmilesTokenizer,  # noqa: E402
-                                              smiles_variant, split_smiles)
+from svdd.domains.molecules.tokenizer import (RingSystemTokenizer, SelfiesBpeTokenizer,  # noqa: E402
+                                              SelfiesTokenizer, SmilesTokenizer, smiles_variant, split_smiles)
 
 
 def to_selfies(smiles_list):
@@ -64,10 +67,23 @@ def to_smiles(smiles_list, random: bool = False, offset: int = 0):
     return out
 
 
+def to_ring_splits(smiles_list, workers: int = 2):
+    """``ringsys.split_molecule`` of every SMILES, over ``workers`` processes (order kept)."""
+    if workers <= 1 or len(smiles_list) < 10_000:
+        return RingSystemTokenizer.split_all(smiles_list)
+    from multiprocessing import get_context
+
+    chunks = [smiles_list[i: i + 5000] for i in range(0, len(smiles_list), 5000)]
+    with get_context("fork").Pool(workers) as pool:
+        return [sp for part in pool.map(RingSystemTokenizer.split_all, chunks) for sp in part]
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=None, help="default .gpu-data/molecules[-smiles[-random]]")
-    ap.add_argument("--representation", choices=("selfies", "selfies-bpe", "smiles"), default="selfies")
+    ap.add_argument("--representation", choices=("selfies", "selfies-bpe", "smiles", "ring-systems"), default="selfies")
+    ap.add_argument("--num-systems", type=int, default=2048, help="ring-systems: ring systems in the vocabulary")
+    ap.add_argument("--workers", type=int, default=2, help="ring-systems: processes that split molecules")
     ap.add_argument("--bpe-vocab", type=int, default=256, help="selfies-bpe: ids incl. [PAD] and [MASK]")
     ap.add_argument("--bpe-learn", type=int, default=100_000, help="selfies-bpe: train molecules the merges are learned on")
     ap.add_argument("--random-smiles", action="store_true", help="train molecules as randomised SMILES")
@@ -79,12 +95,13 @@ def main():
     ap.add_argument("--no-sample", action="store_true", help="do not rewrite the committed test subset")
     args = ap.parse_args()
     smiles_rep, bpe = args.representation == "smiles", args.representation == "selfies-bpe"
+    rings = args.representation == "ring-systems"
     if args.random_smiles and not smiles_rep:
         raise SystemExit("svdd: error: --random-smiles needs --representation smiles")
     if bpe and not 2 < args.bpe_vocab <= 65_536:
         raise SystemExit("svdd: error: --bpe-vocab must be in 3..65536")
     if args.max_len is None:
-        args.max_len = {"smiles": 56, "selfies-bpe": 24}.get(args.representation, 48)
+        args.max_len = {"smiles": 56, "selfies-bpe": 24, "ring-systems": 32}.get(args.representation, 48)
     if args.out is None:
         args.out = str(ROOT / ".gpu-data" / ("molecules" + ("" if args.representation == "selfies" else
                                                             "-" + args.representation)
@@ -105,6 +122,31 @@ def main():
         train_sf = to_smiles(train_smiles, random=args.random_smiles)
         lengths = np.array([len(split_smiles(s)) if s else 10**6 for s in train_sf])
         convert, Tok = to_smiles, SmilesTokenizer
+    elif rings:
+        t1 = time.time()
+        splits = to_ring_splits(train_smiles, args.workers)
+        tok = RingSystemTokenizer.build(splits, args.max_len, args.num_systems)
+        train_sf = []
+        for sp in splits:
+            try:
+                train_sf.append(tok.split_to_selfies(sp) if sp else None)
+            except Exception:   # a ring system outside the vocabulary
+                train_sf.append(None)
+        rare = sum(s is None for s in train_sf) / len(train_sf)
+        print(f"split {len(splits)} molecules and built {len(tok.systems)} ring systems in {time.time() - t1:.0f}s; "
+              f"{rare:.2%} of train have a ring system outside them and are dropped", flush=True)
+        import selfies as sf
+
+        lengths = np.array([len(list(sf.split_selfies(s))) if s else 10**6 for s in train_sf])
+
+        def convert(smiles_list):
+            out = []
+            for sp in to_ring_splits(smiles_list, args.workers):
+                try:
+                    out.append(tok.split_to_selfies(sp) if sp else None)
+                except Exception:
+                    out.append(None)
+            return out
     elif bpe:
         train_sf = to_selfies(train_smiles)
         t1 = time.time()
@@ -118,13 +160,15 @@ def main():
 
         lengths = np.array([len(list(sf.split_selfies(s))) if s else 10**6 for s in train_sf])
         convert, Tok = to_selfies, SelfiesTokenizer
-    coverage = float((lengths <= args.max_len).mean())
-    print(f"{args.representation} lengths: median {np.median(lengths):.0f}, 99.5% {np.percentile(lengths, 99.5):.0f}, "
-          f"max {lengths[lengths < 10**6].max()}; max_len {args.max_len} covers {coverage:.4%}", flush=True)
+    known = lengths < 10**6
+    coverage = float((lengths[known] <= args.max_len).mean())
+    print(f"{args.representation} lengths: median {np.median(lengths[known]):.0f}, "
+          f"99.5% {np.percentile(lengths[known], 99.5):.0f}, max {lengths[known].max()}; "
+          f"max_len {args.max_len} covers {coverage:.4%}", flush=True)
     if coverage < 0.995:
         raise SystemExit(f"max_len {args.max_len} covers only {coverage:.3%} of train; raise --max-len")
     keep = [s for s, n in zip(train_sf, lengths) if n <= args.max_len]
-    if not bpe:
+    if not (bpe or rings):
         tok = Tok.build(keep, args.max_len)
     tok.save(out / "tokenizer.json")
     print(f"vocabulary: {tok.vocab_size} tokens (incl. [PAD], [MASK])", flush=True)
@@ -148,6 +192,7 @@ def main():
     meta = {"source": f"molsets=={mdata.MOLSETS_VERSION} sha256={mdata.MOLSETS_SHA256}",
             "representation": args.representation, "random_smiles": args.random_smiles,
             **({"bpe_learn": args.bpe_learn, "bpe_vocab": args.bpe_vocab} if bpe else {}),
+            **({"num_systems": len(tok.systems), "train_share_outside_systems": rare} if rings else {}),
             "num_train_total": len(train_all), "seed": args.seed, "max_len": args.max_len,
             "coverage_of_max_len": coverage, "counts": counts, "vocab_size": tok.vocab_size,
             "mask_id": tok.mask_id, "pad_id": tok.pad_id}

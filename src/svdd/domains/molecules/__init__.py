@@ -37,6 +37,8 @@ MODEL_DIR = ASSETS / MODEL_NAME
 SMILES_MODEL_NAME = "moses-smiles"
 # SELFIES with byte-pair-merged fragment tokens (issue 18; docs/molecules.md "Fragment tokens")
 BPE_MODEL_NAME = "moses-selfies-bpe"
+# an acyclic SELFIES skeleton with one token per ring system (issue 18; docs/molecules.md "Ring systems")
+RINGS_MODEL_NAME = "moses-ring-systems"
 DEFAULT_NUM_STEPS = 32
 _ACTIVE: dict = {}   # the tokenizer of the model loaded last (what decode and rewards default to)
 
@@ -248,7 +250,7 @@ DOMAIN = Domain(
     name="molecules",
     description="small molecules: masked diffusion over SELFIES trained on MOSES (ZINC), RDKit and Vina rewards",
     models={MODEL_NAME: load_model, SMILES_MODEL_NAME: _load_named(SMILES_MODEL_NAME),
-            BPE_MODEL_NAME: _load_named(BPE_MODEL_NAME)},
+            BPE_MODEL_NAME: _load_named(BPE_MODEL_NAME), RINGS_MODEL_NAME: _load_named(RINGS_MODEL_NAME)},
     default_model=MODEL_NAME,
     rewards=REWARDS,
     default_reward="qed",

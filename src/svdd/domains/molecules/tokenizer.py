@@ -327,7 +327,112 @@ class SelfiesBpeTokenizer(SelfiesTokenizer):
         return self._ids(self.split(selfies_string))
 
 
-TOKENIZERS = {"selfies": SelfiesTokenizer, "selfies-bpe": SelfiesBpeTokenizer, "smiles": SmilesTokenizer}
+# -- whole ring systems as tokens -----------------------------------------------------------------
+class RingSystemTokenizer(SelfiesTokenizer):
+    """The ``ring-systems`` representation (``ringsys``): an acyclic SELFIES skeleton in which every
+    ring system of the vocabulary is one placeholder token::
+
+        id 0            [PAD]
+        ids 1 .. B      the skeleton's SELFIES symbols (chain atoms, branches; no ring closures)
+        ids B+1 .. V-2  one placeholder per ring system, ``[{j}{El}]`` = ``systems[j-1]`` (``El``: its valence)
+        id V-1          [MASK]
+
+    A benzene ring with its substitution pattern, a piperazine or an indole is a single token, so
+    no ring-closure index, ring size or Kekulé alternation is generated, and a molecule cannot
+    contain a ring that is not in the vocabulary. Any id sequence decodes to a molecule (SELFIES
+    keeps the skeleton's valences, the placeholder's valence is its number of attachment points);
+    a molecule whose ring systems are not all in ``systems`` cannot be encoded (``DomainError``)."""
+
+    label = "ring-system SELFIES"
+
+    def __init__(self, tokens: Sequence[str], max_len: int, systems: Sequence[str]):
+        super().__init__(tokens, max_len)
+        self.systems = list(systems)
+        self.system_index = {t: j for j, t in enumerate(self.systems)}
+        missing = [p for p in self.placeholders() if p not in self.index]
+        if missing:
+            raise ValueError(f"placeholder tokens {missing[:3]} are not in the vocabulary")
+
+    def placeholders(self) -> list[str]:
+        return self.placeholders_of(self.systems)
+
+    @staticmethod
+    def split_all(smiles_strings: Iterable[str]) -> list:
+        """``ringsys.split_molecule`` of each SMILES (``None`` where it cannot be split)."""
+        from .ringsys import split_molecule
+
+        return [split_molecule(s) for s in smiles_strings]
+
+    @classmethod
+    def build(cls, splits: Sequence, max_len: int, num_systems: int = 2048) -> "RingSystemTokenizer":
+        """Vocabulary from ``split_all`` output: the ``num_systems`` most frequent ring systems (ties by
+        SMILES) and the SELFIES symbols of the skeletons whose systems are all among them."""
+        from collections import Counter
+
+        from .ringsys import to_placeholders, use_placeholder_constraints
+
+        use_placeholder_constraints()
+        counts = Counter(t for sp in splits if sp for t in sp[1])
+        systems = [t for t, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:num_systems]]
+        index = {t: j for j, t in enumerate(systems)}
+        sf = _selfies()
+        symbols: set[str] = set()
+        for sp in splits:
+            if sp and all(t in index for t in sp[1]):
+                symbols.update(sf.split_selfies(sf.encoder(to_placeholders(sp[0], sp[1], index))))
+        placeholders = cls.placeholders_of(systems)
+        base = sorted(symbols - set(placeholders) - {PAD, MASK})
+        return cls([PAD, *base, *placeholders, MASK], max_len, systems)
+
+    @staticmethod
+    def placeholders_of(systems: Sequence[str]) -> list[str]:
+        """The placeholder symbol of each system: ``[{j}{El}]``, ``El`` the element of its valence."""
+        from .ringsys import PLACEHOLDER_ELEMENTS, attachment_count
+
+        return [f"[{j + 1}{PLACEHOLDER_ELEMENTS[attachment_count(t)]}]" for j, t in enumerate(systems)]
+
+    @classmethod
+    def load(cls, path: str | Path):
+        meta = json.loads(Path(path).read_text())
+        return cls(meta["tokens"], meta["max_len"], meta["systems"])
+
+    def to_dict(self) -> dict:
+        return {"type": "ring-systems", "tokens": self.tokens, "systems": self.systems, "max_len": self.max_len}
+
+    def split_to_selfies(self, split) -> str:
+        """The SELFIES string of one ``split_molecule`` result; ``DomainError`` if a system is unknown."""
+        from .ringsys import to_placeholders, use_placeholder_constraints
+
+        unknown = sorted({t for t in split[1] if t not in self.system_index})
+        if unknown:
+            raise DomainError(f"ring system(s) {unknown[:3]} are not in the model's vocabulary of "
+                              f"{len(self.systems)} ring systems")
+        use_placeholder_constraints()
+        return _selfies().encoder(to_placeholders(split[0], split[1], self.system_index))
+
+    def smiles_to_selfies(self, smiles: str) -> str:
+        from .ringsys import split_molecule
+
+        sp = split_molecule(smiles)
+        if sp is None:
+            raise DomainError(f"cannot split SMILES {smiles!r} into ring systems; check that it is one valid molecule")
+        return self.split_to_selfies(sp)
+
+    def decode_one(self, ids: Sequence[int]) -> str:
+        from .ringsys import assemble, drop_ring_closures, use_placeholder_constraints
+
+        use_placeholder_constraints()
+        sf = _selfies()
+        try:
+            symbols = drop_ring_closures(list(sf.split_selfies(self.ids_to_selfies(ids))))
+            skeleton = sf.decoder("".join(symbols)) or ""
+        except Exception:
+            return ""
+        return assemble(skeleton, self.systems)
+
+
+TOKENIZERS = {"selfies": SelfiesTokenizer, "selfies-bpe": SelfiesBpeTokenizer, "smiles": SmilesTokenizer,
+              "ring-systems": RingSystemTokenizer}
 
 
 def load_tokenizer_file(path: str | Path):
