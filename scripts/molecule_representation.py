@@ -282,9 +282,14 @@ def sample_model(model_dir: Path, num_samples: int, steps: int, seed: int, batch
     proc = load_model(path=str(model_dir))
     zero = lambda x: torch.zeros(x.shape[0])  # noqa: E731 - ancestral sampling needs no reward
     t0 = time.time()
-    res = svdd.sample(proc, zero, method="ancestral", num_samples=num_samples, num_steps=steps,
-                      generator=torch.Generator().manual_seed(seed), max_batch_size=batch)
-    return proc, res.x0, time.time() - t0
+    # ancestral sampling holds a (rows, L, V) table per step: draw at most 2^27 entries of it at a time
+    # (one call for the SELFIES and BPE models' 10,000 samples; ~1,000 rows for a 4,120-id vocabulary)
+    per_call = max(1, (1 << 27) // (proc.seq_len * proc.vocab_size))
+    gen = torch.Generator().manual_seed(seed)
+    parts = [svdd.sample(proc, zero, method="ancestral", num_samples=min(per_call, num_samples - start),
+                         num_steps=steps, generator=gen, max_batch_size=batch).x0
+             for start in range(0, num_samples, per_call)]
+    return proc, torch.cat(parts), time.time() - t0
 
 
 def cmd_diagnose(args) -> None:
