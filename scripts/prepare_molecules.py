@@ -78,11 +78,22 @@ def to_ring_splits(smiles_list, workers: int = 2):
         return [sp for part in pool.map(RingSystemTokenizer.split_all, chunks) for sp in part]
 
 
+def ring_selfies(tok, splits):
+    """The SELFIES of each split molecule, ``None`` where it failed or has a system outside ``tok``'s."""
+    out = []
+    for sp in splits:
+        try:
+            out.append(tok.split_to_selfies(sp) if sp else None)
+        except Exception:   # DomainError: a ring system outside the vocabulary
+            out.append(None)
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=None, help="default .gpu-data/molecules[-smiles[-random]]")
     ap.add_argument("--representation", choices=("selfies", "selfies-bpe", "smiles", "ring-systems"), default="selfies")
-    ap.add_argument("--num-systems", type=int, default=2048, help="ring-systems: ring systems in the vocabulary")
+    ap.add_argument("--num-systems", type=int, default=4096, help="ring-systems: ring systems in the vocabulary")
     ap.add_argument("--workers", type=int, default=2, help="ring-systems: processes that split molecules")
     ap.add_argument("--bpe-vocab", type=int, default=256, help="selfies-bpe: ids incl. [PAD] and [MASK]")
     ap.add_argument("--bpe-learn", type=int, default=100_000, help="selfies-bpe: train molecules the merges are learned on")
@@ -126,12 +137,7 @@ def main():
         t1 = time.time()
         splits = to_ring_splits(train_smiles, args.workers)
         tok = RingSystemTokenizer.build(splits, args.max_len, args.num_systems)
-        train_sf = []
-        for sp in splits:
-            try:
-                train_sf.append(tok.split_to_selfies(sp) if sp else None)
-            except Exception:   # a ring system outside the vocabulary
-                train_sf.append(None)
+        train_sf = ring_selfies(tok, splits)
         rare = sum(s is None for s in train_sf) / len(train_sf)
         print(f"split {len(splits)} molecules and built {len(tok.systems)} ring systems in {time.time() - t1:.0f}s; "
               f"{rare:.2%} of train have a ring system outside them and are dropped", flush=True)
@@ -140,13 +146,7 @@ def main():
         lengths = np.array([len(list(sf.split_selfies(s))) if s else 10**6 for s in train_sf])
 
         def convert(smiles_list):
-            out = []
-            for sp in to_ring_splits(smiles_list, args.workers):
-                try:
-                    out.append(tok.split_to_selfies(sp) if sp else None)
-                except Exception:
-                    out.append(None)
-            return out
+            return ring_selfies(tok, to_ring_splits(smiles_list, args.workers))
     elif bpe:
         train_sf = to_selfies(train_smiles)
         t1 = time.time()

@@ -190,11 +190,16 @@ def attachment_count(token: str) -> int:
     return len(_DUMMY.findall(token))
 
 
+def placeholder(j: int, token: str) -> str:
+    """The SELFIES placeholder of vocabulary system ``j`` (0-based): ``[{j+1}{El}]``, ``El`` of its valence."""
+    return f"[{j + 1}{PLACEHOLDER_ELEMENTS[attachment_count(token)]}]"
+
+
 def to_placeholders(skeleton: str, systems: list[str], index: dict[str, int]) -> str:
     """The skeleton SMILES with system ``r`` replaced by its placeholder atom (vocabulary ``index``)."""
     def sub(m):
         token = systems[int(m.group(1)) - 1]
-        return f"[{index[token] + 1}{PLACEHOLDER_ELEMENTS[attachment_count(token)]}]"
+        return placeholder(index[token], token)
 
     return _DUMMY.sub(sub, skeleton)
 

@@ -349,12 +349,9 @@ class RingSystemTokenizer(SelfiesTokenizer):
         super().__init__(tokens, max_len)
         self.systems = list(systems)
         self.system_index = {t: j for j, t in enumerate(self.systems)}
-        missing = [p for p in self.placeholders() if p not in self.index]
+        missing = [p for p in self.placeholders_of(self.systems) if p not in self.index]
         if missing:
             raise ValueError(f"placeholder tokens {missing[:3]} are not in the vocabulary")
-
-    def placeholders(self) -> list[str]:
-        return self.placeholders_of(self.systems)
 
     @staticmethod
     def split_all(smiles_strings: Iterable[str]) -> list:
@@ -364,7 +361,7 @@ class RingSystemTokenizer(SelfiesTokenizer):
         return [split_molecule(s) for s in smiles_strings]
 
     @classmethod
-    def build(cls, splits: Sequence, max_len: int, num_systems: int = 2048) -> "RingSystemTokenizer":
+    def build(cls, splits: Sequence, max_len: int, num_systems: int = 4096) -> "RingSystemTokenizer":
         """Vocabulary from ``split_all`` output: the ``num_systems`` most frequent ring systems (ties by
         SMILES) and the SELFIES symbols of the skeletons whose systems are all among them."""
         from collections import Counter
@@ -386,10 +383,10 @@ class RingSystemTokenizer(SelfiesTokenizer):
 
     @staticmethod
     def placeholders_of(systems: Sequence[str]) -> list[str]:
-        """The placeholder symbol of each system: ``[{j}{El}]``, ``El`` the element of its valence."""
-        from .ringsys import PLACEHOLDER_ELEMENTS, attachment_count
+        """The placeholder symbol of each system (``ringsys.placeholder``)."""
+        from .ringsys import placeholder
 
-        return [f"[{j + 1}{PLACEHOLDER_ELEMENTS[attachment_count(t)]}]" for j, t in enumerate(systems)]
+        return [placeholder(j, t) for j, t in enumerate(systems)]
 
     @classmethod
     def load(cls, path: str | Path):
