@@ -301,7 +301,10 @@ def run_resumable(args, arrays, vocab_size, seq_len, mask_id, device, data_dir: 
     export_dir = Path(args.export) if args.export else out / f"moses-{tok_meta.get('type', 'selfies')}"
     extra = lambda: {"schedule": "loglinear", "mask_id": mask_id, "pad_id": 0, "default_num_steps": 32,  # noqa: E731
                      "trained_steps": trainer.step, "seed": args.seed, "batch_size": args.batch_size, "lr": args.lr,
-                     "lr_schedule": args.lr_schedule, "representation": tok_meta.get("type", "selfies")}
+                     "lr_schedule": args.lr_schedule, "representation": tok_meta.get("type", "selfies"),
+                     # MaskedProcess(draw=): the ring-system model (4,120 ids) draws two-stage; the older
+                     # 256-id models keep the race their pinned results were drawn with
+                     "draw": "two-stage" if tok_meta.get("type") == "ring-systems" else "race"}
     log(f"model: {n_params / 1e6:.2f} M parameters; batch {args.batch_size}; lr {args.lr} ({args.lr_schedule})")
 
     stop = {"signal": None}

@@ -124,8 +124,10 @@ def test_ring_system_model_loads_by_name_and_samples_molecules_with_only_its_rin
         pytest.skip("moses-ring-systems weights not shipped in this checkout")
     dom = get_domain("molecules")
     try:
+        assert dom.load_process(mol_domain.BPE_MODEL_NAME).draw == "race"     # the older models keep the race
         process = dom.load_process(mol_domain.RINGS_MODEL_NAME)
         assert isinstance(process.tokenizer, RingSystemTokenizer) and process.seq_len == 32
+        assert process.draw == "two-stage"          # 4,120 ids: drawn two-stage (config "draw")
         assert all(p.stat().st_size <= 20e6 for p in folder.iterdir())
         res = svdd.sample(process, lambda x: torch.zeros(x.shape[0]), method="ancestral", num_samples=16,
                           num_steps=16, generator=torch.Generator().manual_seed(0))

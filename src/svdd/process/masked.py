@@ -11,6 +11,16 @@ which sums to 1 (MDLM drops the ``/ m_t``; we keep it so ``log_prob`` is normali
 positions are carried over unchanged (one-hot rows), and the mask token gets probability 0
 in ``x0_hat``. At ``s = 0`` every remaining mask is filled. Draws are made in float64.
 
+Two ways to draw a step, equal in distribution (``draw=``):
+
+- ``"race"`` (default): one exponential race over the whole ``(B, L, V)`` table, argmax p/E with
+  E = −log U: ``B·L·V`` uniforms per step. Every result pinned before ``draw=`` existed uses it.
+- ``"two-stage"``: a masked position unmasks with probability (m_t − m_s)/m_t (one uniform),
+  and only an unmasking position draws its token from ``x0_hat`` by inverse CDF (one more
+  uniform and a float64 cumsum over V). ``B·L`` uniforms plus ``V`` work per unmasked token,
+  so large vocabularies (the 4,120-id ring-system molecule model) sample at the cost of the
+  denoiser. The transition's ``probs`` table is then built only if somebody reads it.
+
 ``precision="bf16"`` runs the denoiser under ``torch.autocast`` (``svdd.accelerator``); the
 logits are cast back to float32 before the softmax, so everything above is unchanged. Nothing
 in ``predict_x0``/``transition``/``sample`` reads a device tensor on the host: the time check
@@ -78,17 +88,73 @@ class CategoricalTransition:
         return torch.log(p.to(torch.float64)).sum(dim=-1)
 
 
+class FactoredCategoricalTransition(CategoricalTransition):
+    """The masked step's categoricals kept in factored form: ``x_t``, ``x0_hat`` and the keep
+    probability m_s/m_t per row. ``sample()`` without ``noise`` draws two-stage (module
+    docstring); ``probs`` (the full table, as ``CategoricalTransition`` holds it), ``sample(noise=)``
+    and ``log_prob`` give exactly what the table would."""
+
+    def __init__(self, process: "MaskedProcess", x_t: Tensor, x0_hat: Tensor, m_t: Tensor, m_s: Tensor):
+        self._process, self.x_t, self.x0_hat = process, x_t, x0_hat
+        self._m_t, self._m_s = m_t, m_s            # (B, 1, 1) float64, m_t clamped away from 0
+        self._probs: Optional[Tensor] = None
+
+    @property
+    def probs(self) -> Tensor:
+        if self._probs is None:
+            self._probs = self._process._table(self.x_t, self.x0_hat, self._m_t, self._m_s)
+        return self._probs
+
+    def sample(self, generator: Optional[torch.Generator] = None, noise: Optional[Tensor] = None) -> Tensor:
+        if noise is not None:
+            return super().sample(generator, noise)
+        mask_id = self._process.mask_id
+        masked = self.x_t == mask_id
+        keep = (self._m_s / self._m_t).view(-1, 1)                           # (B, 1)
+        u = _rand(self.x_t.shape, generator, self.x_t.device)
+        unmask = masked & (u >= keep)
+        rows = unmask.nonzero(as_tuple=True)
+        cdf = self.x0_hat[rows].to(torch.float64).cumsum(dim=-1)              # (n, V)
+        v = _rand((cdf.shape[0], 1), generator, self.x_t.device) * cdf[:, -1:]
+        token = torch.searchsorted(cdf, v, right=True).squeeze(-1)
+        # searchsorted never lands in a zero-width bin; only v rounding up to the total (u within
+        # 2^-53 of 1) runs past the end, and then the last token of positive probability is meant
+        over = token >= cdf.shape[-1]
+        if bool(over.any()):
+            last = cdf.shape[-1] - 1 - (cdf.diff(dim=-1, prepend=cdf[:, :1] * 0).flip(-1) > 0).to(torch.int8).argmax(-1)
+            token = torch.where(over, last, token)
+        out = self.x_t.clone()
+        out[rows] = token
+        return out
+
+    def log_prob(self, x_next: Tensor) -> Tensor:
+        x_next = x_next.long()
+        mask_id = self._process.mask_id
+        masked = self.x_t == mask_id
+        p = self.x0_hat.gather(-1, x_next.unsqueeze(-1)).squeeze(-1).to(torch.float64) \
+            * (self._m_t - self._m_s).view(-1, 1) / self._m_t.view(-1, 1)
+        p = torch.where(x_next == mask_id, (self._m_s / self._m_t).view(-1, 1).expand_as(p), p)
+        p = torch.where(masked, p, (x_next == self.x_t).to(torch.float64))
+        return torch.log(p).sum(dim=-1)
+
+
 class MaskedProcess(HasPrecision):
     """Absorbing-state diffusion over ``seq_len`` tokens of a vocabulary of ``vocab_size``
     (mask included). ``model(x (B, L) long, t (B,) float) -> logits (B, L, V)``.
-    ``precision``: ``"fp32"`` (default), ``"bf16"`` or ``"auto"`` for the denoiser forward."""
+    ``precision``: ``"fp32"`` (default), ``"bf16"`` or ``"auto"`` for the denoiser forward.
+    ``draw``: ``"race"`` (default) or ``"two-stage"`` (module docstring)."""
 
     kind = "masked"
+    DRAWS = ("race", "two-stage")
 
     def __init__(self, model: Callable[[Tensor, Tensor], Tensor], seq_len: int, vocab_size: int,
-                 mask_id: int, schedule: str | MaskSchedule = "loglinear", device=None, precision: str = "fp32"):
+                 mask_id: int, schedule: str | MaskSchedule = "loglinear", device=None, precision: str = "fp32",
+                 *, draw: str = "race"):
         if not 0 <= mask_id < vocab_size:
             raise ValueError(f"mask_id {mask_id} must lie in [0, vocab_size={vocab_size})")
+        if draw not in self.DRAWS:
+            raise ValueError(f"draw must be one of {self.DRAWS}, not {draw!r}")
+        self.draw = draw
         self.model = model
         self.seq_len = int(seq_len)
         self.vocab_size = int(vocab_size)
@@ -126,8 +192,9 @@ class MaskedProcess(HasPrecision):
         logits[..., self.mask_id] = float("-inf")
         probs = torch.softmax(logits, dim=-1)
         unmasked = (x_t != self.mask_id).unsqueeze(-1)
-        one_hot = _one_hot(x_t, self.vocab_size, probs.dtype)
-        return torch.where(unmasked, one_hot, probs)
+        # one-hot rows for unmasked tokens, out of place (autograd) in one pass over the table: zero
+        # those rows, then write 1 at the token (masked rows get 0 at mask_id, which is already 0)
+        return probs.masked_fill(unmasked, 0.0).scatter(-1, x_t.unsqueeze(-1), unmasked.to(probs.dtype))
 
     def predict_x0(self, x_t: Tensor, t: Tensor | float) -> Tensor:
         with autocast(self.precision, x_t.device):
@@ -146,12 +213,17 @@ class MaskedProcess(HasPrecision):
         check_on_device(~torch.any(m_s > m_t), "t_next must not be noisier than t")
         m_t = m_t.clamp_min(1e-12).view(-1, 1, 1)
         m_s = m_s.view(-1, 1, 1)
+        if self.draw == "two-stage":
+            return FactoredCategoricalTransition(self, x_t, x0_hat, m_t, m_s)
+        return CategoricalTransition(self._table(x_t, x0_hat, m_t, m_s), x0_hat)
+
+    def _table(self, x_t: Tensor, x0_hat: Tensor, m_t: Tensor, m_s: Tensor) -> Tensor:
+        """The step's ``(B, L, V)`` float64 table q(x_s | x_t) (module docstring)."""
         p = x0_hat.to(torch.float64) * (m_t - m_s) / m_t
         p[..., self.mask_id] = (m_s / m_t).squeeze(-1)
         unmasked = (x_t != self.mask_id).unsqueeze(-1)
         one_hot = _one_hot(x_t, self.vocab_size, torch.float64)
-        probs = torch.where(unmasked, one_hot, p)
-        return CategoricalTransition(probs, x0_hat)
+        return torch.where(unmasked, one_hot, p)
 
     def decode_x0_hat(self, x_t: Tensor, x0_hat: Tensor, generator=None, sample: bool = False) -> Tensor:
         """A clean sequence from ``x0_hat``: masked positions filled by argmax (or a float64 draw

@@ -69,7 +69,7 @@ def load_model(device: str = "cpu", path: Optional[str] = None, **_):
     tok = load_tokenizer(str(folder) if path else None)
     model = load_weights(folder, device=device)
     process = MaskedProcess(model, tok.max_len, tok.vocab_size, tok.mask_id, schedule=meta.get("schedule", "loglinear"),
-                            device=device)
+                            device=device, draw=meta.get("draw", "race"))
     process.tokenizer = tok
     _ACTIVE["tokenizer"], _ACTIVE["folder"] = tok, folder
     return process

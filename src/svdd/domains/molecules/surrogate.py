@@ -51,8 +51,9 @@ class SurrogateNet(nn.Module):
         self.register_buffer("target_std", torch.tensor(1.0))
 
     def forward(self, x: Tensor) -> Tensor:
-        p = F.one_hot(x.long(), self.vocab_size).float() if x.dim() == 2 else x.float()
-        h = (self.embed(p) + self.pos[:, : p.shape[1]]).transpose(1, 2)
+        # ids: a row lookup, the same numbers as one_hot(x) @ W.T without the (B, L, V) one-hot table
+        e = F.embedding(x.long(), self.embed.weight.t()) if x.dim() == 2 else self.embed(x.float())
+        h = (e + self.pos[:, : e.shape[1]]).transpose(1, 2)
         for conv, norm in zip(self.convs, self.norms):
             h = h + conv(F.silu(norm(h)))
         out = self.head(torch.cat([h.mean(-1), h.amax(-1)], dim=-1)).squeeze(-1)
