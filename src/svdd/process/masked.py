@@ -114,15 +114,14 @@ class FactoredCategoricalTransition(CategoricalTransition):
         u = _rand(self.x_t.shape, generator, self.x_t.device)
         unmask = masked & (u >= keep)
         rows = unmask.nonzero(as_tuple=True)
-        cdf = self.x0_hat[rows].to(torch.float64).cumsum(dim=-1)              # (n, V)
+        p = self.x0_hat[rows].to(torch.float64)                                # (n, V)
+        cdf = p.cumsum(dim=-1)
         v = _rand((cdf.shape[0], 1), generator, self.x_t.device) * cdf[:, -1:]
         token = torch.searchsorted(cdf, v, right=True).squeeze(-1)
         # searchsorted never lands in a zero-width bin; only v rounding up to the total (u within
         # 2^-53 of 1) runs past the end, and then the last token of positive probability is meant
-        over = token >= cdf.shape[-1]
-        if bool(over.any()):
-            last = cdf.shape[-1] - 1 - (cdf.diff(dim=-1, prepend=cdf[:, :1] * 0).flip(-1) > 0).to(torch.int8).argmax(-1)
-            token = torch.where(over, last, token)
+        last = p.shape[-1] - 1 - (p > 0).flip(-1).to(torch.int8).argmax(-1)
+        token = torch.where(token >= p.shape[-1], last, token)
         out = self.x_t.clone()
         out[rows] = token
         return out
