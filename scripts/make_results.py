@@ -21,7 +21,8 @@ sys.path.insert(0, str(ROOT / "src"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 ORDER = ["toys-quick", "toys", "toys-quick-full", "svdd-m-sweep", "svdd-alpha-sweep", "toys-masked",
-         "molecules", "molecules-bpe", "molecules-docking", "molecules-docking-bpe", "dna", "rna", "images", "images-dno-curve", "images-flow",
+         "molecules", "molecules-bpe", "molecules-rings", "molecules-docking", "molecules-docking-bpe",
+         "molecules-docking-rings", "dna", "rna", "images", "images-dno-curve", "images-flow",
          "tree-toys", "tree-toys-masked", "tree-molecules", "tree-dna", "tree-rna", "tree-images"]
 
 
@@ -65,9 +66,11 @@ TARGETS: dict[str, list[dict]] = {
 }
 
 
-# issue 18: the same targets on the moses-selfies-bpe model's reruns of both molecule suites
-TARGETS["molecules-bpe"] = [dict(t, issue=18) for t in TARGETS["molecules"]]
-TARGETS["molecules-docking-bpe"] = [dict(t, issue=18) for t in TARGETS["molecules-docking"]]
+# issue 18: the same targets on the reruns of both molecule suites on the moses-selfies-bpe and
+# moses-ring-systems models
+for _model in ("bpe", "rings"):
+    TARGETS[f"molecules-{_model}"] = [dict(t, issue=18) for t in TARGETS["molecules"]]
+    TARGETS[f"molecules-docking-{_model}"] = [dict(t, issue=18) for t in TARGETS["molecules-docking"]]
 
 
 def _base(name: str) -> str:
