@@ -263,8 +263,8 @@ DOMAIN = Domain(
     prefetch=prefetch,
     # a key without a model name belongs to the default model only (Domain.shipped_value)
     extra={"values": {"qed": ASSETS / "value-qed", "sa": ASSETS / "value-sa",
-                      f"{BPE_MODEL_NAME}/qed": ASSETS / BPE_MODEL_NAME / "value-qed",
-                      f"{BPE_MODEL_NAME}/sa": ASSETS / BPE_MODEL_NAME / "value-sa"},
+                      **{f"{m}/{r}": ASSETS / m / f"value-{r}" for m in (BPE_MODEL_NAME, RINGS_MODEL_NAME)
+                         for r in ("qed", "sa")}},
            "pyproject_extra": "molecules",
            "value_network": value_network},
 )
