@@ -199,6 +199,23 @@ def test_masked_training_stops_at_step_and_replays_exactly():
     assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
 
 
+def test_x0_probs_without_autograd_are_the_autograd_ones_and_leave_the_logits_alone():
+    """The in-place SUBS path (no gradient) gives the out-of-place path's table bit for bit, for
+    float32 and bf16 logits, and never writes the caller's logits."""
+    V, L, mask = 7, 5, 6
+    proc = MaskedProcess(random_logits_model(V), L, V, mask)
+    g = torch.Generator().manual_seed(3)
+    x = torch.randint(0, V, (9, L), generator=g)
+    for dtype in (torch.float32, torch.bfloat16):
+        logits = (4 * torch.randn(9, L, V, generator=g)).to(dtype)
+        before = logits.clone()
+        with_grad = proc.x0_probs_from_logits(logits.clone().requires_grad_(True), x)
+        with torch.no_grad():
+            without = proc.x0_probs_from_logits(logits, x)
+        assert torch.equal(logits, before)
+        assert torch.equal(with_grad.detach(), without) and without.dtype == torch.float32
+
+
 # --- draw="two-stage": the same step law, drawn without the (B, L, V) race -----------------------
 
 def test_two_stage_transition_is_the_race_table_exactly():

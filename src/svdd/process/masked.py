@@ -190,14 +190,12 @@ class MaskedProcess(HasPrecision):
         Without autograd the steps run in place on one float32 copy of ``logits`` (the caller's
         tensor is never written): two ``(B, L, V)`` tables alive instead of four, the same numbers."""
         unmasked = (x_t != self.mask_id).unsqueeze(-1)
+        probs = logits.to(torch.float32, copy=True)
+        probs[..., self.mask_id] = float("-inf")
         if not (torch.is_grad_enabled() and logits.requires_grad):
-            probs = logits.clone() if logits.dtype == torch.float32 else logits.to(torch.float32)
-            probs[..., self.mask_id] = float("-inf")
             torch.softmax(probs, dim=-1, out=probs)
             return probs.masked_fill_(unmasked, 0.0).scatter_(-1, x_t.unsqueeze(-1), unmasked.to(probs.dtype))
-        logits = logits.to(torch.float32).clone()
-        logits[..., self.mask_id] = float("-inf")
-        probs = torch.softmax(logits, dim=-1)
+        probs = torch.softmax(probs, dim=-1)
         # one-hot rows for unmasked tokens, out of place (autograd) in one pass over the table: zero
         # those rows, then write 1 at the token (masked rows get 0 at mask_id, which is already 0)
         return probs.masked_fill(unmasked, 0.0).scatter(-1, x_t.unsqueeze(-1), unmasked.to(probs.dtype))
